@@ -1,0 +1,187 @@
+"""The zero-storage gradient compressor (DESIGN §1.6): pad, permute, random sign, contiguous group-sum.
+
+    c_v[j] = Σ_{i<n, F(i) >> (L - log2 v) = j} s(F(i)) · g_i          (D = 2^L ≥ n)
+
+F and s are pure integer functions of (seed, D, i) (dmin.hashing), so nothing is stored and any chunk of the
+gradient can be compressed anywhere, in any order: `Compressor.stream` accumulates parameter gradients as backward
+produces them. Because buckets are contiguous blocks of the permuted vector, halving v is a pairwise sum (`fold`):
+one pass at the largest v gives every smaller v exactly.
+
+Backends: a fused numba kernel on the CPU, a Triton kernel on CUDA, and the plain-torch reference on any device
+(`backend="torch"`), which the tests hold the others to. Buckets accumulate in float64; `finish` returns float32.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Literal
+
+import torch
+
+from dmin.errors import CompressionError
+from dmin.hashing import HashKeys, hash_keys, permute, sign_bit
+
+Backend = Literal["auto", "torch"]
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_REF_BLOCK = 1 << 20
+
+
+def _is_pow2(x: int) -> bool:
+    return x > 0 and (x & (x - 1)) == 0
+
+
+def _log2(x: int) -> int:
+    return x.bit_length() - 1
+
+
+@functools.cache
+def _cpu_kernel():  # type: ignore[no-untyped-def]
+    try:
+        from dmin.kernels import cpu
+    except ImportError:  # numba missing or broken: the reference path still works
+        return None
+    return cpu
+
+
+@functools.cache
+def _cuda_kernel():  # type: ignore[no-untyped-def]
+    try:
+        from dmin.kernels import cuda
+    except ImportError:
+        return None
+    return cuda
+
+
+class Compressor:
+    """Compresses n-vectors to v buckets for any power of two 16 ≤ v ≤ D, with F and s derived from `seed`."""
+
+    def __init__(self, n: int, seed: int = 0) -> None:
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise CompressionError(f"n must be a positive integer (the number of gradient entries), got {n!r}")
+        if not isinstance(seed, int) or seed < 0:
+            raise CompressionError(f"seed must be a non-negative integer, got {seed!r}")
+        self.n = n
+        self.seed = seed
+        self.L = max(0, (n - 1).bit_length())
+        self.D = 1 << self.L
+        self.keys: HashKeys = hash_keys(seed, self.L)
+
+    def __repr__(self) -> str:
+        return f"Compressor(n={self.n}, seed={self.seed}, D={self.D})"
+
+    def check_v(self, v: int) -> int:
+        """Validate v (a power of two, 16 ≤ v ≤ D) and return it."""
+        if isinstance(v, bool) or not isinstance(v, int) or not _is_pow2(v):
+            raise CompressionError(f"v must be a power of two (16, 32, …, {self.D}), got {v!r}")
+        if v < 16:
+            raise CompressionError(f"v must be at least 16, got {v}")
+        if v > self.D:
+            raise CompressionError(f"v={v} exceeds D={self.D} (the padded gradient length for n={self.n}); "
+                                   f"use v ≤ {self.D}, or v=full to keep the gradient uncompressed")
+        return v
+
+    def positions(self, idx: torch.Tensor) -> torch.Tensor:
+        """F(i) for int64 indices: where each gradient entry lands in the permuted vector."""
+        return permute(idx.to(torch.int64), self.keys)
+
+    def signs(self, pos: torch.Tensor) -> torch.Tensor:
+        """s(p) ∈ {+1, -1} (int64) for positions p."""
+        return 1 - 2 * sign_bit(pos.to(torch.int64), self.keys)
+
+    def stream(self, v: int, device: torch.device | str | None = None, backend: Backend = "auto") -> Accumulator:
+        """An accumulator for one vector of length n fed chunk by chunk; memory O(v + chunk)."""
+        return Accumulator(self, self.check_v(v), torch.device(device or "cpu"), backend)
+
+    def compress(self, g: torch.Tensor, v: int, backend: Backend = "auto") -> torch.Tensor:
+        """c_v(g) for a whole gradient g of shape (n,). Does not normalize (DESIGN §1.5 is the caller's)."""
+        _check_float(g)
+        if g.dim() != 1 or g.shape[0] != self.n:
+            raise CompressionError(f"compress expects a 1-D tensor of {self.n} entries, got shape {tuple(g.shape)}")
+        acc = self.stream(v, device=g.device, backend=backend)
+        acc.add(0, g)
+        return acc.finish()
+
+
+class Accumulator:
+    """Running c_v of chunks added so far, plus their sum of squares (the norm comes from the same pass)."""
+
+    def __init__(self, comp: Compressor, v: int, device: torch.device, backend: Backend) -> None:
+        self.comp = comp
+        self.v = v
+        self.shift = comp.L - _log2(v)
+        self.device = device
+        self.backend = backend
+        self._acc = torch.zeros(v, dtype=torch.float64, device=device)
+        self._sq = torch.zeros((), dtype=torch.float64, device=device)
+        self._sq_host = 0.0
+        self._cpu_params = None
+        if device.type == "cpu" and backend == "auto" and (kernel := _cpu_kernel()) is not None:
+            self._cpu_params = kernel.params(comp.keys, self.shift)
+
+    @property
+    def state_bytes(self) -> int:
+        """Bytes kept between calls: the float64 buckets and the running sum of squares."""
+        return self._acc.numel() * 8 + 8
+
+    @property
+    def sumsq(self) -> float:
+        """Σ g² over every chunk added so far (‖g‖² once the whole vector is in)."""
+        return self._sq_host + float(self._sq)
+
+    def add(self, offset: int, chunk: torch.Tensor) -> None:
+        """Add g[offset : offset + chunk.numel()] (any shape, flattened in row-major order)."""
+        _check_float(chunk)
+        numel = chunk.numel()
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0 or offset + numel > self.comp.n:
+            raise CompressionError(
+                f"chunk [{offset}, {offset}+{numel}) overruns the gradient: offsets must satisfy "
+                f"0 ≤ offset and offset + numel ≤ n = {self.comp.n}")
+        if numel == 0:
+            return
+        flat = chunk.detach().reshape(-1)
+        if flat.device != self.device:
+            flat = flat.to(self.device)
+        if self._cpu_params is not None:
+            kernel = _cpu_kernel()
+            if flat.dtype in (torch.float16, torch.bfloat16):
+                flat = flat.float()
+            self._sq_host += kernel.scatter_add(self._acc.numpy(), flat.contiguous().numpy(), offset,
+                                                self._cpu_params)
+            return
+        if self.device.type == "cuda" and self.backend == "auto" and (cuda := _cuda_kernel()) is not None:
+            cuda.scatter_add(self._acc, self._sq, flat.contiguous(), offset, self.comp.keys, self.shift)
+            return
+        self._add_reference(offset, flat)
+
+    def _add_reference(self, offset: int, flat: torch.Tensor) -> None:
+        """The plain-torch definition, in bounded blocks: the reference every kernel is tested against."""
+        for lo in range(0, flat.numel(), _REF_BLOCK):
+            part = flat[lo:lo + _REF_BLOCK].to(torch.float64)
+            idx = torch.arange(offset + lo, offset + lo + part.numel(), device=self.device, dtype=torch.int64)
+            pos = permute(idx, self.comp.keys)
+            neg = sign_bit(pos, self.comp.keys).bool()
+            self._acc.index_add_(0, pos >> self.shift, torch.where(neg, -part, part))
+            self._sq += (part * part).sum()
+
+    def finish(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The compressed vector c_v (shape (v,)), as `dtype`."""
+        return self._acc.to(dtype)
+
+
+def fold(c: torch.Tensor, v: int) -> torch.Tensor:
+    """Exact c_v from c_{v'} on the last dimension, v' a multiple of v: c_{v/2}[j] = c_v[2j] + c_v[2j+1]."""
+    have = c.shape[-1] if c.dim() else 0
+    if isinstance(v, bool) or not isinstance(v, int) or not _is_pow2(v) or v < 16:
+        raise CompressionError(f"v must be a power of two ≥ 16, got {v!r}")
+    if not _is_pow2(have) or have % v:
+        raise CompressionError(f"cannot fold a last dimension of {have} to v={v}: it must be a power-of-two "
+                               f"multiple of v")
+    # Sum in float64: folding float32 inputs then stays within their own rounding.
+    return c.reshape(*c.shape[:-1], v, have // v).sum(-1, dtype=torch.float64).to(c.dtype)
+
+
+def _check_float(t: torch.Tensor) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise CompressionError(f"expected a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in _FLOATS:
+        raise CompressionError(f"gradients must be float16, bfloat16, float32 or float64, got {t.dtype}")

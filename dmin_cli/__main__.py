@@ -1,0 +1,3 @@
+from dmin_cli.app import main
+
+main()

@@ -1,0 +1,114 @@
+#!/usr/bin/env python
+"""Compression throughput against references measured in the same run, on the same array (JSON last).
+
+memcpy      copying the n-float32 gradient into a preallocated buffer (the bandwidth ceiling)
+dmin        Compressor.stream fed in parameter-sized chunks (gradient bytes consumed per second)
+stored_perm the official DMin path: gather by a stored randperm, multiply by stored signs, block-sum
+dense       TRAK's CPU path: a dense Gaussian projection generated from a seed in blocks (smaller n, scaled)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from dmin.compress import Compressor
+
+# Parameter sizes of a mid-sized UNet block, cycled: the chunks collection feeds the compressor with.
+CHUNKS = (1280 * 1280 * 9, 1280, 640 * 1280, 640 * 640 * 9, 640, 320 * 320 * 9, 320, 1280 * 4096, 4096)
+
+
+def best(fn, repeat: int = 3) -> float:  # type: ignore[no-untyped-def]
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=10**8)
+    ap.add_argument("--v", type=int, default=4096)
+    ap.add_argument("--dense-n", type=int, default=1 << 18, help="n for the dense projection (scaled per byte)")
+    ap.add_argument("--json", action="store_true", help="print only the JSON object")
+    args = ap.parse_args()
+    n, v = args.n, args.v
+    g = torch.randn(n, generator=torch.Generator().manual_seed(0))
+    nbytes = 4 * n
+
+    dst = torch.empty_like(g)
+    memcpy_s = best(lambda: dst.copy_(g))
+
+    comp = Compressor(n, seed=0)
+    Compressor(1 << 16).compress(g[:1 << 16].clone() if n >= 1 << 16 else torch.randn(1 << 16), 16)  # JIT warm-up
+    offsets = []
+    lo, k = 0, 0
+    while lo < n:
+        size = min(CHUNKS[k % len(CHUNKS)], n - lo)
+        offsets.append((lo, size))
+        lo, k = lo + size, k + 1
+
+    state = {}
+
+    def run_dmin() -> None:
+        acc = comp.stream(v)
+        for off, size in offsets:
+            acc.add(off, g[off:off + size])
+        state["out"] = acc.finish()
+        state["bytes"] = acc.state_bytes
+
+    run_dmin()
+    dmin_s = best(run_dmin)
+
+    perm = torch.randperm(comp.D)[:n]  # the official code stores a permutation of the padded length …
+    signs = torch.randint(0, 2, (n,), dtype=torch.int8) * 2 - 1  # … and a sign vector
+
+    def run_stored() -> None:
+        padded = torch.zeros(comp.D)
+        padded[perm] = g * signs
+        padded.view(v, -1).sum(1)
+
+    stored_s = best(run_stored, repeat=2)
+    del perm, signs
+
+    dn = min(args.dense_n, n)
+    gd = g[:dn]
+    block = 1 << 12
+
+    def run_dense() -> None:
+        gen = torch.Generator().manual_seed(0)
+        out = torch.zeros(v)
+        for lo in range(0, dn, block):
+            rows = min(block, dn - lo)
+            out += gd[lo:lo + rows] @ torch.randn(rows, v, generator=gen)
+
+    dense_s = best(run_dense, repeat=1)
+    gb = 1e9
+    result = {
+        "n": n,
+        "v": v,
+        "threads": torch.get_num_threads(),
+        "memcpy_gbps": nbytes / memcpy_s / gb,
+        "dmin_gbps": nbytes / dmin_s / gb,
+        "dmin_vs_memcpy": memcpy_s / dmin_s,
+        "stored_perm_gbps": nbytes / stored_s / gb,
+        "dmin_vs_stored_perm": stored_s / dmin_s,
+        "dense_gbps": 4 * dn / dense_s / gb,
+        "dense_n": dn,
+        "dmin_vs_dense": (nbytes / dmin_s) / (4 * dn / dense_s),
+        "state_bytes": state["bytes"],
+        "stored_perm_state_bytes": 9 * n,
+    }
+    if not args.json:
+        for key, val in result.items():
+            print(f"{key:>24}: {val:.4g}" if isinstance(val, float) else f"{key:>24}: {val}")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
