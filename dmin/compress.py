@@ -76,8 +76,10 @@ class Compressor:
         if v < 16:
             raise CompressionError(f"v must be at least 16, got {v}")
         if v > self.D:
-            raise CompressionError(f"v={v} exceeds D={self.D} (the padded gradient length for n={self.n}); "
-                                   f"use v ≤ {self.D}, or v=full to keep the gradient uncompressed")
+            raise CompressionError(
+                f"v={v} exceeds D={self.D} (the padded gradient length for n={self.n}); "
+                f"use v ≤ {self.D}, or v=full to keep the gradient uncompressed"
+            )
         return v
 
     def positions(self, idx: torch.Tensor) -> torch.Tensor:
@@ -135,7 +137,8 @@ class Accumulator:
         if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0 or offset + numel > self.comp.n:
             raise CompressionError(
                 f"chunk [{offset}, {offset}+{numel}) overruns the gradient: offsets must satisfy "
-                f"0 ≤ offset and offset + numel ≤ n = {self.comp.n}")
+                f"0 ≤ offset and offset + numel ≤ n = {self.comp.n}"
+            )
         if numel == 0:
             return
         flat = chunk.detach().reshape(-1)
@@ -145,8 +148,7 @@ class Accumulator:
             kernel = _cpu_kernel()
             if flat.dtype in (torch.float16, torch.bfloat16):
                 flat = flat.float()
-            self._sq_host += kernel.scatter_add(self._acc.numpy(), flat.contiguous().numpy(), offset,
-                                                self._cpu_params)
+            self._sq_host += kernel.scatter_add(self._acc.numpy(), flat.contiguous().numpy(), offset, self._cpu_params)
             return
         if self.device.type == "cuda" and self.backend == "auto" and (cuda := _cuda_kernel()) is not None:
             cuda.scatter_add(self._acc, self._sq, flat.contiguous(), offset, self.comp.keys, self.shift)
@@ -156,7 +158,7 @@ class Accumulator:
     def _add_reference(self, offset: int, flat: torch.Tensor) -> None:
         """The plain-torch definition, in bounded blocks: the reference every kernel is tested against."""
         for lo in range(0, flat.numel(), _REF_BLOCK):
-            part = flat[lo:lo + _REF_BLOCK].to(torch.float64)
+            part = flat[lo : lo + _REF_BLOCK].to(torch.float64)
             idx = torch.arange(offset + lo, offset + lo + part.numel(), device=self.device, dtype=torch.int64)
             pos = permute(idx, self.comp.keys)
             neg = sign_bit(pos, self.comp.keys).bool()
@@ -174,8 +176,9 @@ def fold(c: torch.Tensor, v: int) -> torch.Tensor:
     if isinstance(v, bool) or not isinstance(v, int) or not _is_pow2(v) or v < 16:
         raise CompressionError(f"v must be a power of two ≥ 16, got {v!r}")
     if not _is_pow2(have) or have % v:
-        raise CompressionError(f"cannot fold a last dimension of {have} to v={v}: it must be a power-of-two "
-                               f"multiple of v")
+        raise CompressionError(
+            f"cannot fold a last dimension of {have} to v={v}: it must be a power-of-two multiple of v"
+        )
     # Sum in float64: folding float32 inputs then stays within their own rounding.
     return c.reshape(*c.shape[:-1], v, have // v).sum(-1, dtype=torch.float64).to(c.dtype)
 

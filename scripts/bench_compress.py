@@ -45,7 +45,7 @@ def main() -> None:
     memcpy_s = best(lambda: dst.copy_(g))
 
     comp = Compressor(n, seed=0)
-    Compressor(1 << 16).compress(g[:1 << 16].clone() if n >= 1 << 16 else torch.randn(1 << 16), 16)  # JIT warm-up
+    Compressor(1 << 16).compress(g[: 1 << 16].clone() if n >= 1 << 16 else torch.randn(1 << 16), 16)  # JIT warm-up
     offsets = []
     lo, k = 0, 0
     while lo < n:
@@ -58,7 +58,7 @@ def main() -> None:
     def run_dmin() -> None:
         acc = comp.stream(v)
         for off, size in offsets:
-            acc.add(off, g[off:off + size])
+            acc.add(off, g[off : off + size])
         state["out"] = acc.finish()
         state["bytes"] = acc.state_bytes
 
@@ -74,7 +74,6 @@ def main() -> None:
         padded.view(v, -1).sum(1)
 
     stored_s = best(run_stored, repeat=2)
-    del perm, signs
 
     dn = min(args.dense_n, n)
     gd = g[:dn]
@@ -85,7 +84,7 @@ def main() -> None:
         out = torch.zeros(v)
         for lo in range(0, dn, block):
             rows = min(block, dn - lo)
-            out += gd[lo:lo + rows] @ torch.randn(rows, v, generator=gen)
+            out += gd[lo : lo + rows] @ torch.randn(rows, v, generator=gen)
 
     dense_s = best(run_dense, repeat=1)
     gb = 1e9

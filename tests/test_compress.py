@@ -60,8 +60,9 @@ def test_definition_by_hand() -> None:
     want = [0.0] * v
     for i in range(n):
         want[int(pos[i]) // block] += float(sgn[i]) * float(g[i])
-    torch.testing.assert_close(comp.compress(g, v).double(), torch.tensor(want, dtype=torch.float64),
-                               rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(
+        comp.compress(g, v).double(), torch.tensor(want, dtype=torch.float64), rtol=1e-6, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize(("n", "chunk"), [(5_000, 1), (100_003, 7), (100_003, 4096), (100_003, None)])
@@ -69,7 +70,7 @@ def test_stream_in_shuffled_chunks_equals_one_shot(n: int, chunk: int | None) ->
     g = torch.randn(n, generator=torch.Generator().manual_seed(1))
     comp = Compressor(n, seed=2)
     size = chunk or n
-    pieces = [(lo, g[lo:lo + size]) for lo in range(0, n, size)]
+    pieces = [(lo, g[lo : lo + size]) for lo in range(0, n, size)]
     random.Random(0).shuffle(pieces)
     acc = comp.stream(256)
     for lo, piece in pieces:

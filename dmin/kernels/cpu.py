@@ -78,8 +78,27 @@ def _scatter_parallel(g, offset, acc, p, table, nt):  # pragma: no cover
 def params(keys: HashKeys, shift: int) -> np.ndarray:
     """The kernel's integer parameters as one uint64 array (numba then sees a single, stable signature)."""
     sa, sb, sc = SIGN_SHIFTS
-    return np.array([keys.mask, keys.add, keys.m1, keys.m2, keys.r1, keys.r2, keys.r3, keys.sadd, keys.sm1,
-                     keys.sm2, MASK62, sa, sb, sc, shift, SIGN_BITS_AT], dtype=np.uint64)
+    return np.array(
+        [
+            keys.mask,
+            keys.add,
+            keys.m1,
+            keys.m2,
+            keys.r1,
+            keys.r2,
+            keys.r3,
+            keys.sadd,
+            keys.sm1,
+            keys.sm2,
+            MASK62,
+            sa,
+            sb,
+            sc,
+            shift,
+            SIGN_BITS_AT,
+        ],
+        dtype=np.uint64,
+    )
 
 
 def scatter_add(acc: np.ndarray, g: np.ndarray, offset: int, p: np.ndarray) -> float:

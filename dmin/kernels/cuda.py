@@ -15,10 +15,30 @@ BLOCK = 2048
 
 
 @triton.jit(do_not_specialize=["numel", "offset", "mask", "add", "m1", "m2", "sadd", "sm1", "sm2", "m62"])
-def _scatter_kernel(g_ptr, acc_ptr, sq_ptr, numel, offset, mask, add, m1, m2, sadd, sm1, sm2, m62,
-                    R1: tl.constexpr, R2: tl.constexpr, R3: tl.constexpr,
-                    SA: tl.constexpr, SB: tl.constexpr, SC: tl.constexpr,
-                    SHIFT: tl.constexpr, SBIT: tl.constexpr, BLOCK: tl.constexpr):  # pragma: no cover
+def _scatter_kernel(
+    g_ptr,
+    acc_ptr,
+    sq_ptr,
+    numel,
+    offset,
+    mask,
+    add,
+    m1,
+    m2,
+    sadd,
+    sm1,
+    sm2,
+    m62,
+    R1: tl.constexpr,
+    R2: tl.constexpr,
+    R3: tl.constexpr,
+    SA: tl.constexpr,
+    SB: tl.constexpr,
+    SC: tl.constexpr,
+    SHIFT: tl.constexpr,
+    SBIT: tl.constexpr,
+    BLOCK: tl.constexpr,
+):  # pragma: no cover
     # Scalars arrive as i32, u32 or i64 depending on their size: widen all of them first.
     offset = offset.to(tl.int64)
     mask = mask.to(tl.int64)
@@ -52,14 +72,34 @@ def _scatter_kernel(g_ptr, acc_ptr, sq_ptr, numel, offset, mask, add, m1, m2, sa
     tl.atomic_add(sq_ptr, tl.sum(g * g, axis=0), sem="relaxed")
 
 
-def scatter_add(acc: torch.Tensor, sq: torch.Tensor, g: torch.Tensor, offset: int, k: HashKeys,
-                shift: int) -> None:
+def scatter_add(acc: torch.Tensor, sq: torch.Tensor, g: torch.Tensor, offset: int, k: HashKeys, shift: int) -> None:
     """acc[F(i) >> shift] += s(F(i)) * g[i - offset]; sq += Σ g². All on g's device, asynchronous."""
     numel = g.numel()
     if numel == 0:
         return
     sa, sb, sc = SIGN_SHIFTS
     grid = (triton.cdiv(numel, BLOCK),)
-    _scatter_kernel[grid](g, acc, sq, numel, offset, k.mask, k.add, k.m1, k.m2,
-                          k.sadd, k.sm1, k.sm2, MASK62,
-                          R1=k.r1, R2=k.r2, R3=k.r3, SA=sa, SB=sb, SC=sc, SHIFT=shift, SBIT=SIGN_BITS_AT, BLOCK=BLOCK)
+    _scatter_kernel[grid](
+        g,
+        acc,
+        sq,
+        numel,
+        offset,
+        k.mask,
+        k.add,
+        k.m1,
+        k.m2,
+        k.sadd,
+        k.sm1,
+        k.sm2,
+        MASK62,
+        R1=k.r1,
+        R2=k.r2,
+        R3=k.r3,
+        SA=sa,
+        SB=sb,
+        SC=sc,
+        SHIFT=shift,
+        SBIT=SIGN_BITS_AT,
+        BLOCK=BLOCK,
+    )

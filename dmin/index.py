@@ -1,0 +1,349 @@
+"""HNSW index over each sample's K per-timestep vectors concatenated (inner-product space), labels = row_id.
+
+For v > GRAPH_V the graph is built over vectors folded to GRAPH_V (dim K·GRAPH_V: ~10× cheaper per distance) and
+its candidates are re-ranked exactly at v from a row-aligned float32 copy of the vectors kept beside the graph
+(`vectors.npy`, memory-mapped). Scores are therefore true inner products at v, never hnswlib distances.
+
+Each build is a new folder index/v=V/bNNNNNN committed through the manifest, superseding the previous build, so a
+build killed at any instant leaves the previous index valid. The index binary is checksummed before hnswlib loads
+it (a damaged file must never crash the interpreter).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import xxhash
+
+from dmin.compress import fold
+from dmin.errors import IndexStale, IntegrityError, UsageError
+from dmin.score import exact_scores
+from dmin.store import paths
+from dmin.store.atomic import file_checksum, write_atomic, write_bytes_atomic, write_parquet_atomic
+from dmin.store.project import Entry, Project
+from dmin.store.vectors import iter_blocks
+
+if TYPE_CHECKING:
+    from dmin.verify import _Verifier
+
+GRAPH_V = 256
+RERANK_FACTOR = 8
+
+
+@dataclass(frozen=True)
+class IndexParams:
+    m: int = 16
+    ef_construction: int = 200
+    threads: int = 0  # 0: all cores
+
+    def __post_init__(self) -> None:
+        if self.m < 2:
+            raise UsageError(f"--m must be at least 2, got {self.m}")
+        if self.ef_construction < 1:
+            raise UsageError(f"--ef-construction must be positive, got {self.ef_construction}")
+
+
+def labels_checksum(row_ids: np.ndarray, sample_ids: list[str]) -> str:
+    """xxh3-128 over the sorted (row_id, sample_id) set an index holds."""
+    order = np.argsort(row_ids, kind="stable")
+    h = xxhash.xxh3_128()
+    for i in order:
+        h.update(f"{int(row_ids[i])}:{sample_ids[i]}\n".encode())
+    return h.hexdigest()
+
+
+def committed_rows(project: Project) -> dict[str, int]:
+    """sample_id → row_id of every committed sample."""
+    table = project.read_table("samples", columns=["sample_id", "row_id"])
+    if table is None:
+        return {}
+    return dict(zip(table.column("sample_id").to_pylist(), table.column("row_id").to_pylist(), strict=True))
+
+
+def graph_vectors(vecs: np.ndarray, graph_v: int) -> np.ndarray:
+    """(N, K, v) → (N, K·graph_v) float32: the vectors the graph is built over."""
+    t = torch.from_numpy(np.ascontiguousarray(vecs, dtype=np.float32))
+    if t.shape[-1] != graph_v:
+        t = fold(t, graph_v)
+    return t.reshape(t.shape[0], -1).numpy()
+
+
+def build_index(
+    project: Project,
+    v: str,
+    params: IndexParams,
+    rebuild: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[Entry | None, dict[str, Any]]:
+    """Build (or extend) the index for v; returns the new manifest entry (None when already current) and info."""
+    import hnswlib
+
+    ident = project.identity
+    if v not in ident.vs:
+        raise UsageError(
+            f"v={v} is not stored in this project (stored: {', '.join(ident.vs)}); "
+            f"derive it with `dmin compress PROJECT --v {v}`"
+        )
+    if v == "full":
+        raise UsageError("index a compressed v (e.g. --v 4096); v=full is for exact scoring and validation")
+    V = int(v)
+    graph_v = min(V, GRAPH_V)
+    K = ident.K
+    rows = committed_rows(project)
+    prev = None if rebuild else current_index(project, v)
+    have: set[int] = set()
+    if prev is not None:
+        have = set(prev.labels.tolist())
+    todo_files = [f.path for f in project.live_files("grads", v)]
+    new_keys: list[str] = []
+    new_vecs = []
+    for block in iter_blocks(project.root, todo_files, "sample_id", K):
+        keep = [i for i, sid in enumerate(block.keys) if rows.get(sid) is not None and rows[sid] not in have]
+        if keep:
+            new_keys.extend(block.keys[i] for i in keep)
+            new_vecs.append(np.asarray(block.vecs[keep], dtype=np.float32))
+    if prev is not None and not new_keys:
+        return None, {"added": 0, "count": len(prev.labels), "build": prev.meta["build"]}
+    vecs = np.concatenate(new_vecs) if new_vecs else np.zeros((0, K, V), np.float32)
+    labels = np.asarray([rows[s] for s in new_keys], dtype=np.int64)
+    dim = K * graph_v
+    total = len(labels) + (len(prev.labels) if prev else 0)
+    graph = hnswlib.Index(space="ip", dim=dim)
+    if prev is not None:
+        graph.load_index(str(prev.dir / "hnsw.bin"), max_elements=max(total, 1))
+    else:
+        graph.init_index(max_elements=max(total, 1), ef_construction=params.ef_construction, M=params.m, random_seed=0)
+    graph.set_num_threads(params.threads or max(1, torch.get_num_threads()))
+    step = 2048
+    for lo in range(0, len(labels), step):
+        graph.add_items(graph_vectors(vecs[lo : lo + step], graph_v), labels[lo : lo + step])
+        if progress:
+            progress(min(lo + step, len(labels)), len(labels))
+    build = (prev.meta["build"] + 1) if prev else _next_build(project, v)
+    folder = project.root / paths.index_dir(v, build)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_atomic(folder / "hnsw.bin", lambda tmp: graph.save_index(str(tmp)))
+    all_labels = np.concatenate([prev.labels, labels]) if prev else labels
+    id_of = {r: s for s, r in rows.items()}
+    all_ids = [id_of[int(r)] for r in all_labels]
+    write_parquet_atomic(
+        folder / "labels.parquet",
+        pa.table({"row_id": pa.array(all_labels, pa.int64()), "sample_id": pa.array(all_ids, pa.string())}),
+    )
+    files = [("index", v, folder / "hnsw.bin"), ("index_labels", v, folder / "labels.parquet")]
+    if graph_v != V:
+        flat = vecs.reshape(len(labels), K * V)
+        if prev is not None and prev.rerank is not None:
+            flat = np.concatenate([np.asarray(prev.rerank), flat])
+        write_atomic(folder / "vectors.npy", lambda tmp: _save_npy(tmp, flat))
+        files.append(("index_vectors", v, folder / "vectors.npy"))
+    info = {
+        "v": v,
+        "graph_v": graph_v,
+        "dim": dim,
+        "count": len(all_labels),
+        "m": params.m,
+        "ef_construction": params.ef_construction,
+        "space": "ip",
+        "identity_hash": ident.hash(),
+        "labels_checksum": labels_checksum(all_labels, all_ids),
+        "build": build,
+        "K": K,
+    }
+    write_bytes_atomic(folder / "index.json", (json.dumps(info, indent=2, sort_keys=True) + "\n").encode())
+    files.append(("index_meta", v, folder / "index.json"))
+    supersedes = [f.path for f in prev.entry.files] if prev else []
+    entry = project.commit(
+        "index", [], meta={"v": v, "build": build, "count": len(all_labels)}, supersedes=supersedes, extra_files=files
+    )
+    return entry, {"added": len(labels), "count": len(all_labels), "build": build}
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    with open(path, "wb") as f:
+        np.save(f, arr)
+
+
+def _next_build(project: Project, v: str) -> int:
+    builds = [e.meta.get("build", 0) for e in project.entries() if e.kind == "index" and e.meta.get("v") == v]
+    return max(builds, default=0) + 1
+
+
+@dataclass
+class LoadedIndex:
+    entry: Entry
+    dir: Path
+    meta: dict[str, Any]
+    labels: np.ndarray
+    sample_ids: list[str]
+    rerank: np.ndarray | None
+    graph: Any = None
+
+
+def current_index(project: Project, v: str) -> LoadedIndex | None:
+    """The latest committed build for v (metadata, labels and re-rank vectors; the graph loads lazily)."""
+    entry = project.latest("index", v=v)
+    if entry is None:
+        return None
+    by_table = {f.table: f for f in entry.files}
+    meta_ref = by_table.get("index_meta")
+    labels_ref = by_table.get("index_labels")
+    if meta_ref is None or labels_ref is None:
+        raise IntegrityError(f"index entry {entry.seq} for v={v} is incomplete; rebuild with `dmin index --rebuild`")
+    folder = project.root / meta_ref.path.rsplit("/", 1)[0]
+    try:
+        meta = json.loads((project.root / meta_ref.path).read_text())
+        labels_table = pq.read_table(project.root / labels_ref.path)
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise IntegrityError(
+            f"index for v={v} is unreadable ({exc}); rebuild with `dmin index --v {v} --rebuild`"
+        ) from exc
+    labels = labels_table.column("row_id").to_numpy()
+    rerank = None
+    if "index_vectors" in by_table:
+        rerank = np.load(project.root / by_table["index_vectors"].path, mmap_mode="r")
+    return LoadedIndex(entry, folder, meta, labels, labels_table.column("sample_id").to_pylist(), rerank)
+
+
+def load_graph(project: Project, idx: LoadedIndex) -> Any:
+    """Load hnsw.bin after checking its size and checksum against the manifest."""
+    import hnswlib
+
+    ref = next(f for f in idx.entry.files if f.table == "index")
+    path = project.root / ref.path
+    if not path.is_file() or path.stat().st_size != ref.bytes or file_checksum(path) != ref.xxh3:
+        raise IntegrityError(
+            f"{ref.path}: index file does not match its manifest checksum; "
+            f"rebuild with `dmin index --v {idx.meta['v']} --rebuild`"
+        )
+    graph = hnswlib.Index(space="ip", dim=int(idx.meta["dim"]))
+    graph.load_index(str(path), max_elements=max(1, int(idx.meta["count"])))
+    idx.graph = graph
+    return graph
+
+
+def stale_count(project: Project, idx: LoadedIndex) -> int:
+    """How many committed samples the index lacks."""
+    return max(0, len(committed_rows(project)) - len(idx.labels))
+
+
+def knn(
+    project: Project, idx: LoadedIndex, query: np.ndarray, k: int, ef: int = 100, allow_stale: bool = False
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Top-k by the index: (sample_ids, total scores, per-timestep scores), exact inner products at v."""
+    missing = stale_count(project, idx)
+    if missing and not allow_stale:
+        raise IndexStale(
+            f"the v={idx.meta['v']} index misses {missing} committed sample(s); run `dmin index "
+            f"{project.root} --v {idx.meta['v']}` (or pass --allow-stale)"
+        )
+    graph = idx.graph or load_graph(project, idx)
+    K, V, graph_v = int(idx.meta["K"]), int(idx.meta["v"]), int(idx.meta["graph_v"])
+    count = len(idx.labels)
+    k = min(k, count)
+    if k == 0:
+        return [], np.zeros(0), np.zeros((0, K))
+    want = min(count, k * RERANK_FACTOR if idx.rerank is not None else k)
+    graph.set_ef(max(ef, want))
+    gq = graph_vectors(query[None].astype(np.float32), graph_v)
+    labels, _ = graph.knn_query(gq, k=want)
+    labels = labels[0].astype(np.int64)
+    pos_of = {int(r): i for i, r in enumerate(idx.labels)}
+    pos = np.asarray([pos_of[int(r)] for r in labels])
+    if idx.rerank is not None:
+        cand = np.asarray(idx.rerank[np.sort(pos)]).reshape(-1, K, V)
+        order_pos = np.sort(pos)
+    else:
+        cand = graph.get_items(labels, return_type="numpy").reshape(-1, K, graph_v)
+        order_pos = pos
+    per_t = np.einsum("nkd,kd->nk", cand.astype(np.float32), query.astype(np.float32)).astype(np.float64)
+    total = per_t.sum(1)
+    best = np.lexsort((order_pos, -total))[:k]
+    return [idx.sample_ids[int(order_pos[i])] for i in best], total[best], per_t[best]
+
+
+def verify_indexes(project: Project, entries: list[Entry], ver: _Verifier) -> None:
+    """Index checks for `verify`: checksum, label set, stale/unknown labels, and (deep) a recall self-test."""
+    rows = None
+    for v in project.identity.vs:
+        entry = None
+        for e in entries:
+            if e.kind == "index" and e.meta.get("v") == v:
+                entry = e
+        if entry is None:
+            continue
+        ref = next((f for f in entry.files if f.table == "index"), None)
+        if ref is None:
+            ver.defect("index", f"index/v={v}", "index entry names no hnsw.bin")
+            continue
+        path = project.root / ref.path
+        if path.is_file() and path.stat().st_size == ref.bytes and file_checksum(path) != ref.xxh3:
+            ver.defect("index", ref.path, "index binary checksum differs from the manifest")
+            continue
+        try:
+            idx = current_index(project, v)
+        except IntegrityError as exc:
+            ver.defect("index", f"index/v={v}", str(exc))
+            continue
+        if idx is None:
+            continue
+        ver.checked["indexes"] += 1
+        if labels_checksum(idx.labels, idx.sample_ids) != idx.meta.get("labels_checksum"):
+            ver.defect(
+                "index",
+                f"{paths.index_dir(v, idx.meta.get('build', 0))}/labels.parquet",
+                "label set does not match the checksum recorded in index.json",
+            )
+            continue
+        if idx.meta.get("identity_hash") != project.identity.hash():
+            ver.defect(
+                "index",
+                f"{paths.index_dir(v, idx.meta.get('build', 0))}/index.json",
+                "index was built for a different identity",
+            )
+        rows = committed_rows(project) if rows is None else rows
+        known = set(rows.values())
+        unknown = [int(r) for r in idx.labels if int(r) not in known]
+        if unknown:
+            ver.defect(
+                "index", f"index/v={v}", f"{len(unknown)} label(s) name no committed sample (e.g. row_id {unknown[0]})"
+            )
+            continue
+        stale = len(known) - len(set(idx.labels.tolist()))
+        if stale:
+            ver.warn("index", f"index/v={v}", f"stale: misses {stale} committed sample(s); run `dmin index`")
+        if ver.deep:
+            recall = self_test_recall(project, idx)
+            ver.checked["index_self_test"] += 1
+            if recall is not None and recall < 0.9:
+                ver.defect("index", f"index/v={v}", f"self-test recall@10 = {recall:.3f} < 0.9 against exact scoring")
+
+
+def self_test_recall(project: Project, idx: LoadedIndex, queries: int = 20, k: int = 10) -> float | None:
+    """Query ≥ 20 stored samples through the index; mean recall@10 against exact scoring (None if too few)."""
+    v = str(idx.meta["v"])
+    K = project.identity.K
+    files = [f.path for f in project.live_files("grads", v)]
+    picked: list[np.ndarray] = []
+    for block in iter_blocks(project.root, files, "sample_id", K):
+        for i in range(len(block.keys)):
+            if len(picked) >= queries:
+                break
+            picked.append(np.asarray(block.vecs[i], dtype=np.float32))
+    if len(picked) < min(queries, len(idx.labels)) or not picked:
+        return None
+    hits = 0.0
+    for q in picked:
+        exact = exact_scores(project, v, q)
+        want = {exact.ids[i] for i in exact.top(k)}
+        got, _, _ = knn(project, idx, q, k, ef=max(100, 4 * k), allow_stale=True)
+        hits += len(want & set(got)) / max(1, len(want))
+    return hits / len(picked)

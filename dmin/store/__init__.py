@@ -1,0 +1,6 @@
+"""The gradient database (DESIGN §2): Parquet tables, a manifest that commits them, atomic writes, readers."""
+
+from dmin.store.identity import Identity
+from dmin.store.project import Project
+
+__all__ = ["Identity", "Project"]

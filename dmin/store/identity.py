@@ -1,0 +1,117 @@
+"""dmin.json: what a project's gradients mean. A project never mixes gradients of different identities.
+
+Like kronfluence's saved arguments: a later run whose identity differs refuses, showing the differing fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import xxhash
+
+from dmin.errors import IdentityMismatch, ProjectError, SchemaVersionError
+from dmin.store.paths import SCHEMA_VERSION
+
+# Fields that may change over a project's life without changing what its gradients mean.
+_MUTABLE = ("dmin_version", "vs")
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Everything that must be equal for two gradients to be comparable (DESIGN §1)."""
+
+    model_family: str
+    model_fingerprint: str
+    layout_hash: str
+    n: int
+    D: int
+    loss_type: str
+    timesteps: tuple[float, ...]
+    latent_shape: tuple[int, ...]
+    collect_vs: tuple[str, ...]
+    adapter_fingerprint: str | None = None
+    param_filter: str | None = None
+    noise_seed: int = 0
+    compress_seed: int = 0
+    dtype: str = "float32"
+    vs: tuple[str, ...] = ()
+    t_indices: tuple[int, ...] = ()
+    schema_version: int = SCHEMA_VERSION
+    dmin_version: str = field(default_factory=lambda: __import__("dmin").__version__)
+
+    def __post_init__(self) -> None:
+        if not self.t_indices:
+            object.__setattr__(self, "t_indices", tuple(range(len(self.timesteps))))
+        if not self.vs:
+            object.__setattr__(self, "vs", tuple(self.collect_vs))
+        if self.dtype not in ("float32", "float16"):
+            raise ProjectError(f"dtype must be float32 or float16, got {self.dtype!r}")
+
+    @property
+    def K(self) -> int:
+        return len(self.timesteps)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def comparable(self) -> dict[str, Any]:
+        return {k: v for k, v in self.to_dict().items() if k not in _MUTABLE}
+
+    def hash(self) -> str:
+        """xxh3-128 of the comparable fields: manifest entries record it, so a swapped dmin.json is caught."""
+        return xxhash.xxh3_128_hexdigest(json.dumps(self.comparable(), sort_keys=True).encode())
+
+    @classmethod
+    def from_json(cls, text: str, where: str = "dmin.json") -> Identity:
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ProjectError(
+                f"{where} is not valid JSON ({exc.msg} at line {exc.lineno}); "
+                f"restore it from a backup or recreate the project"
+            ) from exc
+        if not isinstance(raw, dict):
+            raise ProjectError(f"{where} does not hold a JSON object")
+        version = raw.get("schema_version")
+        if not isinstance(version, int):
+            raise ProjectError(f"{where} has no schema_version; it was not written by dmin")
+        if version > SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"{where} has schema version {version}, newer than this dmin reads ({SCHEMA_VERSION}); upgrade dmin"
+            )
+        names = {f.name for f in dataclasses.fields(cls)}
+        known = {k: v for k, v in raw.items() if k in names}
+        for k in ("timesteps", "latent_shape", "collect_vs", "vs", "t_indices"):
+            if k in known and isinstance(known[k], list):
+                known[k] = tuple(known[k])
+        try:
+            return cls(**known)
+        except TypeError as exc:
+            raise ProjectError(f"{where} is missing fields ({exc}); it is damaged") from exc
+
+    def check_matches(self, requested: Identity) -> None:
+        """Raise IdentityMismatch listing each differing field, stored → requested."""
+        mine, theirs = self.comparable(), requested.comparable()
+        diff = [
+            f"{k}: {_short(mine.get(k))} (project) ≠ {_short(theirs.get(k))} (requested)"
+            for k in sorted(set(mine) | set(theirs))
+            if mine.get(k) != theirs.get(k)
+        ]
+        if diff:
+            raise IdentityMismatch(
+                "the project was built with a different setup — "
+                + "; ".join(diff)
+                + ". Use a new project directory for a different model or settings"
+            )
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 48 else text[:45] + "…"

@@ -1,0 +1,148 @@
+"""Table schemas: the single source of truth. `schemas/*.json` is generated from here (`python -m
+dmin.store.schema schemas/`), and a test fails when the two drift apart. Writers build tables with exactly these
+fields; `verify` checks committed files against them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from dmin.store.paths import SCHEMA_VERSION
+
+VEC_DTYPES = {"float32": pa.float32(), "float16": pa.float16()}
+
+SAMPLES_BASE = pa.schema(
+    [
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("row_id", pa.int64(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("caption", pa.string()),
+        pa.field("label", pa.int64()),
+    ]
+)
+
+QUERIES = pa.schema(
+    [
+        pa.field("query_id", pa.string(), nullable=False),
+        pa.field("image", pa.string()),
+        pa.field("prompt", pa.string()),
+        pa.field("label", pa.int64()),
+        pa.field("seed", pa.int64()),
+        pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ]
+)
+
+RESULTS = pa.schema(
+    [
+        pa.field("query_id", pa.string(), nullable=False),
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("rank", pa.int32(), nullable=False),
+        pa.field("score", pa.float64(), nullable=False),
+        pa.field("scores", pa.list_(pa.float64()), nullable=False),
+        pa.field("method", pa.string(), nullable=False),
+        pa.field("v", pa.string(), nullable=False),
+        pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ]
+)
+
+FAILURES = pa.schema(
+    [
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ]
+)
+
+
+def grads_schema(dim: int, dtype: str, key: str = "sample_id") -> pa.Schema:
+    """grads/v=V (key sample_id) and queries/grads/v=V (key query_id): one row per (key, t_idx)."""
+    return pa.schema(
+        [
+            pa.field(key, pa.string(), nullable=False),
+            pa.field("t_idx", pa.int32(), nullable=False),
+            pa.field("timestep", pa.float64(), nullable=False),
+            pa.field("vec", pa.list_(VEC_DTYPES[dtype], dim), nullable=False),
+            pa.field("norm", pa.float64(), nullable=False),
+            pa.field("loss", pa.float64(), nullable=False),
+        ]
+    )
+
+
+def fixed_schema(table: str) -> pa.Schema:
+    return {"queries": QUERIES, "results": RESULTS, "failures": FAILURES}[table]
+
+
+def schema_json(schema: pa.Schema) -> list[dict[str, Any]]:
+    return [{"name": f.name, "type": str(f.type), "nullable": f.nullable} for f in schema]
+
+
+IDENTITY_FIELDS: dict[str, str] = {
+    "schema_version": "int: the dmin table/config schema this project was written with",
+    "dmin_version": "str: the dmin release that created the project",
+    "model_family": "str: ddpm | sd | sd3 | dit",
+    "model_fingerprint": "str: xxh3-128 over the model's config and weight files",
+    "adapter_fingerprint": "str|null: xxh3-128 over the LoRA/PEFT adapter files",
+    "param_filter": "str|null: the --params glob, if any",
+    "layout_hash": "str: xxh3-128 of the parameter layout (names, shapes, order)",
+    "n": "int: number of gradient entries",
+    "D": "int: smallest power of two >= n",
+    "loss_type": "str: epsilon | v_prediction | flow_matching",
+    "timesteps": "list[float]: the K timesteps",
+    "t_indices": "list[int]: their indices 0..K-1",
+    "latent_shape": "list[int]: shape of x0 (and of the fixed noise)",
+    "noise_seed": "int",
+    "compress_seed": "int",
+    "collect_vs": "list[str]: the v's collect writes ('full' for uncompressed)",
+    "vs": "list[str]: every v stored (collect's plus derived ones)",
+    "dtype": "str: float32 | float16 vector storage",
+}
+
+MANIFEST_ENTRY: dict[str, str] = {
+    "seq": "int: commit order",
+    "kind": "str: samples | failures | queries | results | derive | index",
+    "writer": "str: host:pid of the writing process",
+    "created_at": "str: ISO-8601 UTC",
+    "identity_hash": "str: xxh3-128 of the identity's comparable fields",
+    "files": "list[{path, table, v, rows, bytes, xxh3}]",
+    "supersedes": "list[str]: files this entry replaces (readers ignore them)",
+    "row_ids": "[lo, hi) | null: row_ids assigned by this commit",
+    "meta": "object: kind-specific details",
+    "checksum": "str: xxh3-128 of the entry's canonical JSON without this field",
+}
+
+
+def all_schemas() -> dict[str, Any]:
+    """Every versioned schema, as written to schemas/."""
+    return {
+        "samples": {
+            "version": SCHEMA_VERSION,
+            "fields": schema_json(SAMPLES_BASE),
+            "extra_columns": "string: the data set's other metadata columns",
+        },
+        "grads": {
+            "version": SCHEMA_VERSION,
+            "fields": schema_json(grads_schema(4096, "float32")),
+            "notes": "vec is fixed_size_list<float32|float16>[v]; v=full stores the normalized gradient",
+        },
+        "query_grads": {"version": SCHEMA_VERSION, "fields": schema_json(grads_schema(4096, "float32", "query_id"))},
+        "queries": {"version": SCHEMA_VERSION, "fields": schema_json(QUERIES)},
+        "results": {"version": SCHEMA_VERSION, "fields": schema_json(RESULTS)},
+        "failures": {"version": SCHEMA_VERSION, "fields": schema_json(FAILURES)},
+        "dmin.json": {"version": SCHEMA_VERSION, "fields": IDENTITY_FIELDS},
+        "manifest": {"version": SCHEMA_VERSION, "fields": MANIFEST_ENTRY},
+    }
+
+
+def write_schema_files(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, body in all_schemas().items():
+        (folder / f"{name}.schema.json").write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
+
+
+if __name__ == "__main__":
+    write_schema_files(Path(sys.argv[1] if len(sys.argv) > 1 else "schemas"))

@@ -1,0 +1,368 @@
+"""`verify`: is the project what its manifest says, and is it consistent? Every finding names a file.
+
+Quick checks read only metadata and key columns; `deep` adds checksums, vector contents, fold consistency, the
+index self-test and orphan files. A finding is a `defect` (exit 1) or a `warning` (reported, exit 0).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from dmin.compress import Compressor, fold
+from dmin.errors import DminError
+from dmin.store import paths
+from dmin.store.atomic import file_checksum
+from dmin.store.identity import Identity
+from dmin.store.project import Entry, FileRef, Project, parse_entry
+from dmin.store.schema import SAMPLES_BASE, fixed_schema, grads_schema
+from dmin.store.vectors import vec_values
+
+DATA_DIRS = ("samples", "grads", "queries", "results", "failures", "index")
+FOLD_SAMPLES = 8
+
+
+@dataclass(frozen=True)
+class Finding:
+    severity: str  # "defect" | "warning"
+    check: str
+    file: str
+    message: str
+
+
+@dataclass
+class Report:
+    project: str
+    deep: bool
+    findings: list[Finding]
+    checked: dict[str, int]
+
+    @property
+    def healthy(self) -> bool:
+        return not any(f.severity == "defect" for f in self.findings)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "project": self.project,
+            "deep": self.deep,
+            "healthy": self.healthy,
+            "checked": self.checked,
+            "defects": sum(f.severity == "defect" for f in self.findings),
+            "warnings": sum(f.severity == "warning" for f in self.findings),
+            "findings": [asdict(f) for f in self.findings],
+        }
+
+
+class _Verifier:
+    def __init__(self, root: Path, deep: bool) -> None:
+        self.root = root
+        self.deep = deep
+        self.findings: list[Finding] = []
+        self.checked: Counter[str] = Counter()
+        self._pairs_seen: dict[str, set[tuple[str, int]]] = {}
+
+    def defect(self, check: str, file: str, message: str) -> None:
+        self.findings.append(Finding("defect", check, file, message))
+
+    def warn(self, check: str, file: str, message: str) -> None:
+        self.findings.append(Finding("warning", check, file, message))
+
+    def run(self) -> Report:
+        try:
+            project = Project.open(self.root)
+        except DminError as exc:
+            self.defect("identity", paths.IDENTITY, str(exc))
+            return self.report()
+        ident = project.identity
+        self.checked["identity"] += 1
+        entries = self.entries(project, ident)
+        live = self.live(entries)
+        for _, ref in live:
+            self.check_file(ident, ref)
+        self.check_grads_complete(project, ident, [r for _, r in live])
+        from dmin.index import verify_indexes
+
+        verify_indexes(project, entries, self)
+        if self.deep:
+            self.check_folds(project, ident, [r for _, r in live])
+            self.check_orphans(entries)
+        return self.report()
+
+    def report(self) -> Report:
+        return Report(str(self.root), self.deep, self.findings, dict(self.checked))
+
+    # -- manifest -----------------------------------------------------------------------------------------
+    def entries(self, project: Project, ident: Identity) -> list[Entry]:
+        out = []
+        want = ident.hash()
+        for name in project.manifest_names():
+            rel = f"{paths.MANIFEST}/{name}"
+            try:
+                entry = parse_entry((self.root / rel).read_text(errors="replace"), rel)
+            except DminError as exc:
+                self.defect("manifest", rel, str(exc).removeprefix(f"{rel}: "))
+                continue
+            self.checked["manifest_entries"] += 1
+            if entry.identity_hash != want:
+                self.defect(
+                    "identity",
+                    rel,
+                    "entry was written under a different identity than dmin.json "
+                    "(dmin.json replaced, or files from another project)",
+                )
+            out.append(entry)
+        vs_in_manifest = {f.v for e in out for f in e.files if f.table == "grads" and f.v}
+        for v in sorted(vs_in_manifest - set(ident.vs)):
+            self.warn(
+                "identity", paths.IDENTITY, f"v={v} is committed but not listed in vs; `dmin compress` will record it"
+            )
+        return out
+
+    @staticmethod
+    def live(entries: list[Entry]) -> list[tuple[Entry, FileRef]]:
+        gone = {p for e in entries for p in e.supersedes}
+        return [(e, f) for e in entries for f in e.files if f.path not in gone]
+
+    # -- files ------------------------------------------------------------------------------------------------
+    def check_file(self, ident: Identity, ref: FileRef) -> None:
+        path = self.root / ref.path
+        self.checked["files"] += 1
+        if not path.is_file():
+            self.defect("presence", ref.path, "named by the manifest but missing")
+            return
+        size = path.stat().st_size
+        if size != ref.bytes:
+            self.defect("size", ref.path, f"{size} bytes, the manifest says {ref.bytes} (truncated or rewritten)")
+            return
+        if self.deep:
+            self.checked["checksums"] += 1
+            if file_checksum(path) != ref.xxh3:
+                self.defect("checksum", ref.path, "xxh3 checksum differs from the manifest (bytes changed)")
+                return
+        if not ref.path.endswith(".parquet"):
+            return
+        try:
+            meta = pq.read_metadata(path)
+            schema = meta.schema.to_arrow_schema()
+        except (OSError, pa.ArrowException) as exc:
+            self.defect("parquet", ref.path, f"unreadable Parquet: {exc}")
+            return
+        if meta.num_rows != ref.rows:
+            self.defect("rows", ref.path, f"{meta.num_rows} rows, the manifest says {ref.rows}")
+        problem = schema_problem(ident, ref, schema)
+        if problem:
+            self.defect("schema", ref.path, problem)
+            return
+        self.checked["schemas"] += 1
+        if self.deep and ref.table in ("grads", "query_grads"):
+            self.check_vectors(ident, ref, path)
+
+    def check_vectors(self, ident: Identity, ref: FileRef, path: Path) -> None:
+        try:
+            table = pq.read_table(path, columns=["vec", "norm", "loss"])
+        except (OSError, pa.ArrowException) as exc:
+            self.defect("parquet", ref.path, f"unreadable Parquet: {exc}")
+            return
+        dim = table.schema.field("vec").type.list_size
+        vecs = vec_values(table.column("vec")).reshape(-1, dim).astype(np.float32)
+        self.checked["vectors"] += len(vecs)
+        if not np.isfinite(vecs).all():
+            bad = int((~np.isfinite(vecs).all(axis=1)).sum())
+            self.defect("finite", ref.path, f"{bad} vector(s) hold NaN or infinity")
+            return
+        for col in ("norm", "loss"):
+            values = table.column(col).to_numpy()
+            if not np.isfinite(values).all():
+                self.defect("finite", ref.path, f"column {col} holds NaN or infinity")
+        if ref.v == "full" and len(vecs):
+            norms = np.linalg.norm(vecs.astype(np.float64), axis=1)
+            tol = 1e-2 if ident.dtype == "float16" else 1e-4
+            worst = float(np.abs(norms - 1).max())
+            if worst > tol:
+                self.defect("norm", ref.path, f"v=full rows must be unit vectors; the worst norm is off by {worst:.3g}")
+
+    # -- completeness ---------------------------------------------------------------------------------------
+    def check_grads_complete(self, project: Project, ident: Identity, live: list[FileRef]) -> None:
+        samples: set[str] = set()
+        for ref in live:
+            if ref.table == "samples" and (self.root / ref.path).is_file():
+                with contextlib.suppress(OSError, pa.ArrowException, KeyError):  # reported by check_file
+                    samples.update(
+                        pq.read_table(self.root / ref.path, columns=["sample_id"]).column("sample_id").to_pylist()
+                    )
+        K = ident.K
+        for v in ident.vs:
+            counts: Counter[str] = Counter()
+            dup = 0
+            for ref in live:
+                if ref.table != "grads" or ref.v != v or not (self.root / ref.path).is_file():
+                    continue
+                try:
+                    t = pq.read_table(self.root / ref.path, columns=["sample_id", "t_idx"])
+                except (OSError, pa.ArrowException, KeyError):
+                    continue
+                pairs = Counter(zip(t.column("sample_id").to_pylist(), t.column("t_idx").to_pylist(), strict=True))
+                dup += sum(c - 1 for c in pairs.values() if c > 1)
+                for (sid, _), c in pairs.items():
+                    counts[sid] += c
+                seen_before = [p for p in pairs if p in self._pairs_seen.setdefault(v, set())]
+                if seen_before:
+                    self.defect(
+                        "duplicates",
+                        ref.path,
+                        f"{len(seen_before)} (sample_id, t_idx) row(s) also committed in another file",
+                    )
+                self._pairs_seen[v].update(pairs)
+            if dup:
+                self.defect("duplicates", paths.grads_dir(v), f"{dup} duplicate (sample_id, t_idx) row(s)")
+            partial = [sid for sid, c in counts.items() if c < K]
+            if partial:
+                self.defect(
+                    "complete",
+                    paths.grads_dir(v),
+                    f"{len(partial)} sample(s) lack some of the K={K} timesteps (e.g. {partial[0]})",
+                )
+            missing = samples - set(counts)
+            if missing:
+                self.defect(
+                    "complete",
+                    paths.grads_dir(v),
+                    f"{len(missing)} committed sample(s) have no gradients at v={v} (e.g. {sorted(missing)[0]})",
+                )
+            stray = set(counts) - samples
+            if stray:
+                self.defect(
+                    "complete",
+                    paths.grads_dir(v),
+                    f"{len(stray)} gradient sample_id(s) are not in samples (e.g. {sorted(stray)[0]})",
+                )
+            self.checked[f"samples_v={v}"] = len(counts)
+
+    # -- deep ---------------------------------------------------------------------------------------------------
+    def check_folds(self, project: Project, ident: Identity, live: list[FileRef]) -> None:
+        """Sampled rows of each derived v must equal the fold (or compression) of a larger stored v."""
+        by_v: dict[str, dict[tuple[str, int], np.ndarray]] = {}
+        first: dict[str, FileRef] = {}
+        for ref in live:
+            if ref.table == "grads" and ref.v and ref.v not in first:
+                first[ref.v] = ref
+        for v, ref in first.items():
+            try:
+                t = pq.read_table(self.root / ref.path, columns=["sample_id", "t_idx", "vec"])
+            except (OSError, pa.ArrowException, KeyError):
+                continue
+            t = t.slice(0, FOLD_SAMPLES)
+            dim = t.schema.field("vec").type.list_size
+            vec = vec_values(t.column("vec")).reshape(-1, dim).astype(np.float32)
+            by_v[v] = {
+                (s, i): vec[j]
+                for j, (s, i) in enumerate(
+                    zip(t.column("sample_id").to_pylist(), t.column("t_idx").to_pylist(), strict=True)
+                )
+            }
+        numeric = sorted((int(v) for v in by_v if v != "full"), reverse=True)
+        comp = Compressor(ident.n, ident.compress_seed)
+        tol = 2e-2 if ident.dtype == "float16" else 1e-4
+        for small in numeric:
+            parents = [str(b) for b in numeric if b > small] + (["full"] if "full" in by_v else [])
+            for parent in parents[:1]:
+                for key, child in by_v[str(small)].items():
+                    src = self._parent_row(project, parent, key, by_v)
+                    if src is None:
+                        continue
+                    if parent == "full":
+                        want = comp.compress(torch.from_numpy(src.astype(np.float64)), small).numpy()
+                    else:
+                        want = fold(torch.from_numpy(src), small).numpy()
+                    self.checked["fold_checks"] += 1
+                    if not np.allclose(child, want, rtol=tol, atol=tol * max(1.0, float(np.abs(want).max()))):
+                        self.defect(
+                            "fold",
+                            paths.grads_dir(small),
+                            f"row {key} is not the fold of its v={parent} row (derived vectors inconsistent)",
+                        )
+                        break
+
+    def _parent_row(
+        self, project: Project, parent: str, key: tuple[str, int], by_v: dict[str, dict[tuple[str, int], np.ndarray]]
+    ) -> np.ndarray | None:
+        if key in by_v.get(parent, {}):
+            return by_v[parent][key]
+        for ref in project.live_files("grads", parent):
+            try:
+                t = pq.read_table(
+                    self.root / ref.path,
+                    columns=["sample_id", "t_idx", "vec"],
+                    filters=[("sample_id", "=", key[0]), ("t_idx", "=", key[1])],
+                )
+            except (OSError, pa.ArrowException, KeyError):
+                continue
+            if len(t):
+                dim = t.schema.field("vec").type.list_size
+                return vec_values(t.column("vec")).reshape(-1, dim)[0].astype(np.float32)
+        return None
+
+    def check_orphans(self, entries: list[Entry]) -> None:
+        named = {f.path for e in entries for f in e.files}
+        for top in DATA_DIRS:
+            folder = self.root / top
+            if not folder.is_dir():
+                continue
+            for path in sorted(folder.rglob("*")):
+                if path.is_file():
+                    rel = path.relative_to(self.root).as_posix()
+                    if rel not in named:
+                        self.warn(
+                            "orphan",
+                            rel,
+                            "not named by any manifest entry (left by an interrupted write); readers ignore it",
+                        )
+
+
+def type_name(t: pa.DataType) -> str:
+    """A type's name with list child names dropped (Parquet renames `item` to `element`)."""
+    if pa.types.is_fixed_size_list(t):
+        return f"fixed_size_list<{t.value_type}>[{t.list_size}]"
+    if pa.types.is_list(t):
+        return f"list<{t.value_type}>"
+    return str(t)
+
+
+def schema_problem(ident: Identity, ref: FileRef, schema: pa.Schema) -> str | None:
+    """A readable description of how a file's schema departs from its table's, or None."""
+    if ref.table in ("grads", "query_grads"):
+        dim = ident.n if ref.v == "full" else int(ref.v or 0)
+        want = grads_schema(dim, ident.dtype, "query_id" if ref.table == "query_grads" else "sample_id")
+        fields = list(schema)
+    elif ref.table == "samples":
+        want = SAMPLES_BASE
+        fields = list(schema)[: len(SAMPLES_BASE)]
+        extras = [f for f in list(schema)[len(SAMPLES_BASE) :] if not pa.types.is_string(f.type)]
+        if extras:
+            return f"metadata column {extras[0].name} has type {extras[0].type}, expected string"
+    elif ref.table in ("queries", "results", "failures"):
+        want = fixed_schema(ref.table)
+        fields = list(schema)
+    else:
+        return None
+    got = [(f.name, type_name(f.type)) for f in fields]
+    exp = [(f.name, type_name(f.type)) for f in want]
+    if got != exp:
+        diff = [f"{g[0]}:{g[1]} (expected {e[0]}:{e[1]})" for g, e in zip(got, exp, strict=False) if g != e]
+        if len(got) != len(exp):
+            diff.append(f"{len(got)} columns (expected {len(exp)})")
+        return "schema differs from schemas/: " + "; ".join(diff[:3])
+    return None
+
+
+def verify(root: str | Path, deep: bool = False) -> Report:
+    """Check a project; never modifies it."""
+    return _Verifier(Path(root), deep).run()

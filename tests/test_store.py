@@ -1,0 +1,234 @@
+"""The gradient database: identity, commits, readers, SQL, derive, verify with planted defects, kill-safety."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from dmin.compress import fold
+from dmin.derive import derive_v
+from dmin.errors import IdentityMismatch, ProjectError, SchemaVersionError
+from dmin.score import exact_scores
+from dmin.store import Project
+from dmin.store.catalog import connect
+from dmin.store.schema import all_schemas
+from dmin.verify import verify
+from tests.conftest import add_samples, make_identity
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_schema_files_are_in_sync_with_code() -> None:
+    for name, body in all_schemas().items():
+        on_disk = json.loads((REPO / "schemas" / f"{name}.schema.json").read_text())
+        assert on_disk == json.loads(json.dumps(body)), f"schemas/{name}.schema.json is stale: regenerate it"
+
+
+def test_identity_is_sorted_json_and_mismatch_shows_diff(small_project: Project) -> None:
+    text = (small_project.root / "dmin.json").read_text()
+    assert list(json.loads(text)) == sorted(json.loads(text))
+    with pytest.raises(IdentityMismatch, match=r"noise_seed: 0 \(project\) ≠ 1 \(requested\)"):
+        Project.create(small_project.root, make_identity(noise_seed=1))
+
+
+def test_newer_schema_version_is_refused(small_project: Project) -> None:
+    path = small_project.root / "dmin.json"
+    raw = json.loads(path.read_text())
+    raw["schema_version"] = 99
+    path.write_text(json.dumps(raw))
+    with pytest.raises(SchemaVersionError, match="upgrade dmin"):
+        Project.open(small_project.root)
+
+
+def test_not_a_project(tmp_path: Path) -> None:
+    with pytest.raises(ProjectError, match="not a dmin project"):
+        Project.open(tmp_path)
+
+
+def test_commit_dedups_and_assigns_dense_row_ids(small_project: Project) -> None:
+    add_samples(small_project, 18, 5)  # 18 and 19 are committed already
+    t = small_project.read_table("samples")
+    assert t is not None
+    ids = t.column("sample_id").to_pylist()
+    assert len(ids) == len(set(ids)) == 23
+    assert sorted(t.column("row_id").to_pylist()) == list(range(23))
+    assert verify(small_project.root, deep=True).healthy
+
+
+def test_writers_produce_exactly_the_schemas(small_project: Project) -> None:
+    report = verify(small_project.root, deep=True)
+    assert report.healthy, report.findings
+    assert report.checked["schemas"] == 4
+
+
+def test_exact_scores_match_numpy_and_sql(small_project: Project) -> None:
+    rng = np.random.default_rng(5)
+    q = rng.standard_normal((2, 256)).astype(np.float32)
+    s = exact_scores(small_project, "256", q)
+    t = small_project.read_table("grads", "256")
+    assert t is not None
+    vec = t.column("vec").combine_chunks().values.to_numpy().reshape(-1, 2, 256)
+    want = np.einsum("nkd,kd->n", vec.astype(np.float64), q.astype(np.float64))
+    np.testing.assert_allclose(s.total, want, rtol=1e-5)
+    # the same numbers through DuckDB SQL
+    from dmin.store.project import grads_table
+
+    small_project.commit(
+        "queries",
+        [
+            (
+                "query_grads",
+                "256",
+                "queries/grads/v=256",
+                grads_table("query_id", ["q1"], (10.0, 500.0), q[None], np.ones((1, 2)), np.ones((1, 2)), "float32"),
+            )
+        ],
+    )
+    from dmin.store.catalog import sql_exact_scores
+
+    con = connect(Project.open(small_project.root))
+    top = sql_exact_scores(con, "256", "q1", 5)
+    assert [r[0] for r in top] == [s.ids[i] for i in s.top(5)]
+    np.testing.assert_allclose([r[1] for r in top], s.total[s.top(5)], rtol=1e-4)
+
+
+def test_derive_folds_and_is_idempotent(small_project: Project) -> None:
+    assert derive_v(small_project, 64) is not None
+    assert derive_v(small_project, 64) is None
+    p = Project.open(small_project.root)
+    assert "64" in p.identity.vs
+    a = p.read_table("grads", "256")
+    b = p.read_table("grads", "64")
+    assert a is not None and b is not None
+    va = torch.from_numpy(a.column("vec").combine_chunks().values.to_numpy().reshape(-1, 256).copy())
+    vb = b.column("vec").combine_chunks().values.to_numpy().reshape(-1, 64)
+    np.testing.assert_allclose(fold(va, 64).numpy(), vb, rtol=1e-5, atol=1e-5)
+    assert verify(p.root, deep=True).healthy
+
+
+def _first(p: Project, table: str) -> Path:
+    return p.root / p.live_files(table)[0].path
+
+
+def _defects(root: Path, deep: bool = False) -> list[tuple[str, str]]:
+    r = verify(root, deep=deep)
+    return [(f.check, f.file) for f in r.findings if f.severity == "defect"]
+
+
+def test_verify_truncated_file(small_project: Project) -> None:
+    path = _first(small_project, "grads")
+    path.write_bytes(path.read_bytes()[:-100])
+    assert ("size", path.relative_to(small_project.root).as_posix()) in _defects(small_project.root)
+
+
+def test_verify_flipped_byte_needs_deep(small_project: Project) -> None:
+    path = _first(small_project, "grads")
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    rel = path.relative_to(small_project.root).as_posix()
+    assert ("checksum", rel) in _defects(small_project.root, deep=True)
+
+
+def test_verify_deleted_file(small_project: Project) -> None:
+    path = _first(small_project, "samples")
+    path.unlink()
+    assert ("presence", path.relative_to(small_project.root).as_posix()) in _defects(small_project.root)
+
+
+def test_verify_duplicate_rows_nan_and_schema(small_project: Project) -> None:
+    from dmin.store.project import grads_table
+
+    K = 2
+    # a duplicate committed through a second entry that bypasses commit_samples' de-duplication
+    dup = grads_table(
+        "sample_id",
+        ["id00000"],
+        (10.0, 500.0),
+        np.zeros((1, K, 256), np.float32),
+        np.ones((1, K)),
+        np.ones((1, K)),
+        "float32",
+    )
+    small_project.commit("samples", [("grads", "256", "grads/v=256", dup)])
+    checks = {c for c, _ in _defects(small_project.root)}
+    assert "duplicates" in checks
+    nan = grads_table(
+        "sample_id",
+        ["zzz"],
+        (10.0, 500.0),
+        np.full((1, K, 256), np.nan, np.float32),
+        np.ones((1, K)),
+        np.ones((1, K)),
+        "float32",
+    )
+    small_project.commit("samples", [("grads", "256", "grads/v=256", nan)])
+    assert "finite" in {c for c, _ in _defects(small_project.root, deep=True)}
+    bad = pa.table({"sample_id": ["x"], "t_idx": pa.array([0], pa.int64())})
+    small_project.commit("samples", [("grads", "256", "grads/v=256", bad)])
+    assert "schema" in {c for c, _ in _defects(small_project.root)}
+
+
+def test_verify_identity_swap(small_project: Project, tmp_path: Path) -> None:
+    other = Project.create(tmp_path / "other", make_identity(model_fingerprint="m1"))
+    (small_project.root / "dmin.json").write_bytes((other.root / "dmin.json").read_bytes())
+    assert ("identity", "manifest/000000001.json") in _defects(small_project.root)
+
+
+def test_verify_manifest_edit(small_project: Project) -> None:
+    path = small_project.root / "manifest" / "000000001.json"
+    path.write_text(path.read_text().replace('"rows": 12', '"rows": 13'))
+    assert ("manifest", "manifest/000000001.json") in _defects(small_project.root)
+
+
+def test_verify_cli_exit_codes(small_project: Project) -> None:
+    dmin = [sys.executable, "-m", "dmin_cli"]
+    ok = subprocess.run([*dmin, "verify", str(small_project.root), "--json"], capture_output=True, text=True)
+    assert ok.returncode == 0 and json.loads(ok.stdout)["healthy"] is True
+    _first(small_project, "samples").unlink()
+    bad = subprocess.run([*dmin, "verify", str(small_project.root)], capture_output=True, text=True)
+    assert bad.returncode == 1 and "missing" in bad.stdout
+    usage = subprocess.run([*dmin, "verify", str(small_project.root), "--bogus"], capture_output=True, text=True)
+    assert usage.returncode == 2
+
+
+WRITER = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {repo!r})
+    from dmin.store import Project
+    from tests.conftest import add_samples
+    p = Project.open({root!r})
+    print("ready", flush=True)
+    for i in range(1000):
+        add_samples(p, 100 + 7 * i, 7, v="256")
+""")
+
+
+def test_writer_killed_mid_write_leaves_a_clean_database(small_project: Project) -> None:
+    before = set(small_project.sample_ids())
+    for delay in (0.05, 0.2, 0.4):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", WRITER.format(repo=str(REPO), root=str(small_project.root))], stdout=subprocess.PIPE
+        )
+        assert proc.stdout is not None
+        proc.stdout.readline()
+        import time
+
+        time.sleep(delay)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        report = verify(small_project.root, deep=True)
+        assert report.healthy, report.findings
+        after = Project.open(small_project.root).sample_ids()
+        assert before <= after
+        before = set(after)
