@@ -16,7 +16,7 @@ from dmin.errors import IdentityMismatch, ProjectError, SchemaVersionError
 from dmin.store.paths import SCHEMA_VERSION
 
 # Fields that may change over a project's life without changing what its gradients mean.
-_MUTABLE = ("dmin_version", "vs")
+_MUTABLE = ("dmin_version", "vs", "model_path", "lora_path", "data_path")
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,9 @@ class Identity:
     dtype: str = "float32"
     vs: tuple[str, ...] = ()
     t_indices: tuple[int, ...] = ()
+    model_path: str | None = None
+    lora_path: str | None = None
+    data_path: str | None = None
     schema_version: int = SCHEMA_VERSION
     dmin_version: str = field(default_factory=lambda: __import__("dmin").__version__)
 

@@ -252,8 +252,9 @@ class Project:
                 write_parquet_atomic(path, data)
                 refs.append(FileRef(rel, table, v, len(data), path.stat().st_size, file_checksum(path)))
             for table, v, path in extra_files:
-                rel = path.relative_to(self.root).as_posix()
-                refs.append(FileRef(rel, table, v, 0, path.stat().st_size, file_checksum(path)))
+                rel = path.relative_to(self.root.resolve() if path.is_absolute() else self.root).as_posix()
+                rows = pq.read_metadata(path).num_rows if path.suffix == ".parquet" else 0
+                refs.append(FileRef(rel, table, v, rows, path.stat().st_size, file_checksum(path)))
             entry = Entry(
                 seq=seq,
                 kind=kind,
@@ -275,6 +276,12 @@ class Project:
             if v in self.identity.vs:
                 return
             self.identity = replace(self.identity, vs=(*self.identity.vs, v))
+            write_bytes_atomic(self.root / paths.IDENTITY, self.identity.to_json().encode())
+
+    def set_paths(self, **paths_: str | None) -> None:
+        """Update the non-identity path fields of dmin.json (model_path, lora_path, data_path)."""
+        with self.lock():
+            self.identity = replace(Project.open(self.root).identity, **paths_)
             write_bytes_atomic(self.root / paths.IDENTITY, self.identity.to_json().encode())
 
     def commit_samples(self, batch: SampleBatch) -> Entry | None:

@@ -100,6 +100,9 @@ IDENTITY_FIELDS: dict[str, str] = {
     "collect_vs": "list[str]: the v's collect writes ('full' for uncompressed)",
     "vs": "list[str]: every v stored (collect's plus derived ones)",
     "dtype": "str: float32 | float16 vector storage",
+    "model_path": "str|null: where collect loaded the model from (query's default; not compared)",
+    "lora_path": "str|null: where collect loaded the adapter from (not compared)",
+    "data_path": "str|null: the last --data collected (contact sheets read images from it; not compared)",
 }
 
 MANIFEST_ENTRY: dict[str, str] = {

@@ -1,0 +1,217 @@
+"""Attribute a generated image: its gradients by the collection path, then exact or kNN top-k, stored for SQL.
+
+The query's gradients use the project's identity (model, adapter, timesteps, noise, compressor); a model that
+differs from the project's is refused. Query vectors go to `queries/grads`, metadata to `queries`, and the top-k
+to `results`, all in one commit.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+import xxhash
+from PIL import Image
+
+from dmin.collect import Setup, prepare, query_gradients
+from dmin.compress import fold
+from dmin.errors import DataError, DminError, UsageError
+from dmin.index import current_index, knn, stale_count
+from dmin.score import exact_scores
+from dmin.store import Project, paths
+from dmin.store.project import grads_table, now_utc
+from dmin.store.schema import QUERIES, RESULTS
+
+
+@dataclass
+class QuerySpec:
+    """One query: an image (path or PIL) or a seed to generate one, and its condition."""
+
+    image: str | Path | Image.Image | None = None
+    prompt: str | None = None
+    label: int | None = None
+    seed: int | None = None
+    query_id: str | None = None
+
+
+@dataclass
+class QueryResult:
+    query_id: str
+    method: str
+    v: str
+    image_path: str | None
+    results: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"query_id": self.query_id, "method": self.method, "v": self.v, "image": self.image_path,
+                "results": self.results}
+
+
+def open_for_query(project_dir: str | Path, model: str | None = None, lora: str | None = None,
+                   device: str = "cpu", dtype: str = "float32") -> tuple[Project, Setup]:
+    """Open the project and load its model; refuse when the model's identity differs from the project's."""
+    project = Project.open(project_dir)
+    ident = project.identity
+    model = model or ident.model_path
+    if not model:
+        raise UsageError("the project records no model path; pass --model DIR")
+    setup = prepare(model, lora or ident.lora_path, ident.param_filter, timestep_list=ident.timesteps,
+                    vs=ident.collect_vs, noise_seed=ident.noise_seed, compress_seed=ident.compress_seed,
+                    device=device, dtype=dtype, storage_dtype=ident.dtype)
+    ident.check_matches(setup.identity)
+    return project, setup
+
+
+def choose_v(project: Project, v: str | None) -> str:
+    vs = project.identity.vs
+    if v is not None:
+        if str(v) not in vs:
+            raise UsageError(f"--v {v} is not stored (stored: {', '.join(vs)}); derive it with `dmin compress`")
+        return str(v)
+    numeric = sorted((int(x) for x in vs if x != "full"), reverse=True)
+    return str(numeric[0]) if numeric else "full"
+
+
+def _vector_for(vecs: dict[str, np.ndarray], v: str, setup: Setup) -> np.ndarray:
+    """The query's (K, dim) vector at v: collected directly, folded from a larger v, or compressed from full."""
+    if v in vecs:
+        return vecs[v]
+    larger = sorted((int(x) for x in vecs if x != "full" and int(x) % int(v) == 0), reverse=False)
+    if larger:
+        return fold(torch.from_numpy(vecs[str(larger[0])]), int(v)).numpy()
+    full = torch.from_numpy(vecs["full"]).double()
+    return torch.stack([setup.compressor.compress(row, int(v)) for row in full]).numpy()
+
+
+def run_query(project: Project, setup: Setup, spec: QuerySpec, k: int = 10, v: str | None = None,
+              method: str = "auto", ef: int = 100, allow_stale: bool = False) -> QueryResult:
+    if method not in ("auto", "exact", "knn"):
+        raise UsageError(f"method {method!r}: choose auto, exact or knn")
+    if k < 1:
+        raise UsageError("--k must be at least 1")
+    v = choose_v(project, v)
+    image, image_path = _query_image(project, setup, spec)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    cond = json.dumps({"prompt": spec.prompt, "label": spec.label}, sort_keys=True).encode()
+    query_id = spec.query_id or "q-" + xxhash.xxh3_64_hexdigest(buf.getvalue() + b"\0" + cond)
+    if image_path is None and spec.seed is not None:
+        image_path = _save_generated(project, query_id, image)
+    vecs, norms, losses = query_gradients(setup, image, spec.prompt, spec.label)
+    if not np.isfinite(norms).all():
+        raise DataError("the query's gradient is not finite; check the image and the model weights")
+    q = _vector_for(vecs, v, setup)
+    idx = current_index(project, v) if v != "full" else None
+    use = method
+    if method == "auto":
+        use = "knn" if idx is not None and stale_count(project, idx) == 0 else "exact"
+    if use == "knn":
+        if idx is None:
+            raise UsageError(f"no index for v={v}; build one with `dmin index {project.root} --v {v}` or use --exact")
+        ids, totals, per_t = knn(project, idx, q, k, ef=ef, allow_stale=allow_stale)
+    else:
+        scores = exact_scores(project, v, q)
+        top = scores.top(k)
+        ids, totals, per_t = [scores.ids[i] for i in top], scores.total[top], scores.per_t[top]
+    meta = _sample_meta(project, ids)
+    results = []
+    for rank, (sid, score, row) in enumerate(zip(ids, totals, per_t, strict=True), 1):
+        results.append({"rank": rank, "sample_id": sid, "score": float(score),
+                        "scores": [float(x) for x in row], **meta.get(sid, {})})
+    _commit(project, query_id, spec, image_path, vecs, norms, losses, results, use, v)
+    return QueryResult(query_id, use, v, image_path, results)
+
+
+def _query_image(project: Project, setup: Setup, spec: QuerySpec) -> tuple[Image.Image, str | None]:
+    if spec.image is not None:
+        if isinstance(spec.image, Image.Image):
+            return spec.image, None
+        path = Path(spec.image)
+        if not path.is_file():
+            raise DataError(f"--image {path}: no such file")
+        try:
+            img = Image.open(path)
+            img.load()
+        except Exception as exc:
+            raise DataError(f"--image {path}: unreadable image ({exc})") from exc
+        return img, str(path)
+    if spec.seed is None:
+        raise UsageError("give --image IMG, or --seed S (with --prompt/--label) to generate one")
+    cond = setup.family.encode_condition(spec.prompt, spec.label)
+    return setup.family.generate(cond, spec.seed), None
+
+
+def _save_generated(project: Project, query_id: str, image: Image.Image) -> str:
+    folder = project.root / "queries" / "images"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{query_id}.png"
+    image.save(path)
+    return str(path)
+
+
+def _sample_meta(project: Project, ids: list[str]) -> dict[str, dict[str, Any]]:
+    table = project.read_table("samples")
+    if table is None or not ids:
+        return {}
+    want = set(ids)
+    out = {}
+    for row in table.to_pylist():
+        if row["sample_id"] in want:
+            sid = row.pop("sample_id")
+            out[sid] = {k: v for k, v in row.items()}
+    return out
+
+
+def _commit(project: Project, query_id: str, spec: QuerySpec, image_path: str | None, vecs: dict[str, np.ndarray],
+            norms: np.ndarray, losses: np.ndarray, results: list[dict[str, Any]], method: str, v: str) -> None:
+    ident = project.identity
+    now = now_utc()
+    ts_type = QUERIES.field("created_at").type
+    queries = pa.table({"query_id": [query_id], "image": [image_path], "prompt": [spec.prompt],
+                        "label": pa.array([spec.label], pa.int64()), "seed": pa.array([spec.seed], pa.int64()),
+                        "created_at": pa.array([now], ts_type)}, schema=QUERIES)
+    res = pa.table({
+        "query_id": [query_id] * len(results),
+        "sample_id": [r["sample_id"] for r in results],
+        "rank": pa.array([r["rank"] for r in results], pa.int32()),
+        "score": pa.array([r["score"] for r in results], pa.float64()),
+        "scores": pa.array([r["scores"] for r in results], pa.list_(pa.float64())),
+        "method": [method] * len(results),
+        "v": [v] * len(results),
+        "created_at": pa.array([now] * len(results), ts_type),
+    }, schema=RESULTS)
+    tables: list[tuple[str, str | None, str, pa.Table]] = [("queries", None, "queries/meta", queries),
+                                                           ("results", None, "results", res)]
+    for sv, vec in vecs.items():
+        tables.append(("query_grads", sv, paths.query_grads_dir(sv),
+                       grads_table("query_id", [query_id], ident.timesteps, vec[None], norms[None], losses[None],
+                                   ident.dtype)))
+    extra = []
+    if image_path is not None and Path(image_path).resolve().is_relative_to(project.root.resolve()):
+        extra.append(("query_images", None, Path(image_path).resolve()))
+    project.commit("queries", tables, meta={"query_id": query_id, "method": method, "v": v}, extra_files=extra)
+
+
+def load_training_image(project: Project, source: str) -> Image.Image | None:
+    """A training sample's image from the collected data set (None when it is no longer there)."""
+    data = project.identity.data_path
+    if not data:
+        return None
+    root = Path(data)
+    try:
+        if "#" in source and root.is_file():
+            import pyarrow.parquet as pq
+
+            row = int(source.rsplit("#", 1)[1])
+            img = pq.read_table(root, columns=["image"]).column("image")[row].as_py()
+            raw = img.get("bytes") if isinstance(img, dict) else img
+            return Image.open(io.BytesIO(raw))
+        return Image.open(root / source)
+    except (OSError, ValueError, IndexError, DminError):
+        return None

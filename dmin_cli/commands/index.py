@@ -1,0 +1,36 @@
+"""dmin index: build or extend the HNSW index for one stored v."""
+
+from __future__ import annotations
+
+import typer
+
+from dmin.index import IndexParams, build_index
+from dmin.store import Project
+from dmin_cli import render
+from dmin_cli.app import app
+from dmin_cli.options import JsonOpt, ProjectArg
+
+
+@app.command("index", epilog="Examples:\n\n  dmin index proj --v 4096\n\n  dmin index proj --v 256 --m 32 --rebuild")
+def index_cmd(
+    project: ProjectArg,
+    v: str = typer.Option(..., "--v", help="The stored v to index."),
+    m: int = typer.Option(16, "--m", help="HNSW graph degree."),
+    ef_construction: int = typer.Option(200, "--ef-construction", help="HNSW build-time beam width."),
+    threads: int = typer.Option(0, "--threads", help="Build threads (0: all cores)."),
+    rebuild: bool = typer.Option(False, "--rebuild", help="Build from scratch instead of adding new samples."),
+    json_out: JsonOpt = False,
+) -> None:
+    """Index the samples' concatenated K per-timestep vectors (inner product); later runs add only new samples."""
+    proj = Project.open(project)
+    with render.progress(enabled=not json_out) as bar:
+        task = bar.add_task(f"index v={v}", total=None, rate="", note="")
+        entry, info = build_index(proj, v, IndexParams(m, ef_construction, threads), rebuild=rebuild,
+                                  progress=lambda done, total: bar.update(task, completed=done, total=total))
+    info["changed"] = entry is not None
+    if json_out:
+        render.print_json(info)
+    elif entry is None:
+        render.out.print(f"index v={v} is current ({info['count']} samples); nothing to do")
+    else:
+        render.out.print(f"index v={v} build {info['build']}: added {info['added']}, {info['count']} samples")
