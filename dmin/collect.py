@@ -65,10 +65,19 @@ def parse_vs(vs: Sequence[str | int]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(out))
 
 
-def prepare(model: str | Path, lora: str | Path | None = None, params: str | None = None, timesteps: int = 10,
-            timestep_list: Sequence[float] | None = None, vs: Sequence[str | int] = (), noise_seed: int = 0,
-            compress_seed: int = 0, device: str = "cpu", dtype: str = "float32", storage_dtype: str = "float32"
-            ) -> Setup:
+def prepare(
+    model: str | Path,
+    lora: str | Path | None = None,
+    params: str | None = None,
+    timesteps: int = 10,
+    timestep_list: Sequence[float] | None = None,
+    vs: Sequence[str | int] = (),
+    noise_seed: int = 0,
+    compress_seed: int = 0,
+    device: str = "cpu",
+    dtype: str = "float32",
+    storage_dtype: str = "float32",
+) -> Setup:
     """Load the model (and adapter), choose parameters, and build the identity a project must have."""
     if dtype not in DTYPES:
         raise UsageError(f"--dtype {dtype!r}: choose float32, bfloat16 or float16")
@@ -89,12 +98,24 @@ def prepare(model: str | Path, lora: str | Path | None = None, params: str | Non
     if not ts or any(t < 0 or t >= fam.num_train_timesteps for t in ts):
         raise UsageError(f"timesteps must lie in [0, {fam.num_train_timesteps}); got {ts}")
     fam.to(dev, DTYPES[dtype])
-    ident = Identity(model_family=fam.name, model_fingerprint=fam.fingerprint,  # type: ignore[attr-defined]
-                     adapter_fingerprint=adapter, param_filter=params, layout_hash=layout_hash(chosen), n=n,
-                     D=comp.D, loss_type=fam.loss_type, timesteps=tuple(float(t) for t in ts),
-                     latent_shape=tuple(fam.latent_shape()), collect_vs=tuple(dict.fromkeys(caps)),
-                     noise_seed=noise_seed, compress_seed=compress_seed, dtype=storage_dtype,
-                     model_path=str(Path(model).resolve()), lora_path=str(Path(lora).resolve()) if lora else None)
+    ident = Identity(
+        model_family=fam.name,
+        model_fingerprint=fam.fingerprint,  # type: ignore[attr-defined]
+        adapter_fingerprint=adapter,
+        param_filter=params,
+        layout_hash=layout_hash(chosen),
+        n=n,
+        D=comp.D,
+        loss_type=fam.loss_type,
+        timesteps=tuple(float(t) for t in ts),
+        latent_shape=tuple(fam.latent_shape()),
+        collect_vs=tuple(dict.fromkeys(caps)),
+        noise_seed=noise_seed,
+        compress_seed=compress_seed,
+        dtype=storage_dtype,
+        model_path=str(Path(model).resolve()),
+        lora_path=str(Path(lora).resolve()) if lora else None,
+    )
     autocast = DTYPES[dtype] if dtype != "float32" else None
     return Setup(fam, chosen, ident, comp, dev, autocast)
 
@@ -185,9 +206,16 @@ class CollectSummary:
     failures: list[dict[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"done": self.done, "skipped": self.skipped, "failed": self.failed, "seconds": round(self.seconds, 3),
-                "bytes_written": self.bytes_written, "total": self.total, "shard": self.shard,
-                "failures": self.failures[:20]}
+        return {
+            "done": self.done,
+            "skipped": self.skipped,
+            "failed": self.failed,
+            "seconds": round(self.seconds, 3),
+            "bytes_written": self.bytes_written,
+            "total": self.total,
+            "shard": self.shard,
+            "failures": self.failures[:20],
+        }
 
 
 def shard_from_env(shard_arg: str | None) -> tuple[int, int]:
@@ -205,9 +233,16 @@ def shard_from_env(shard_arg: str | None) -> tuple[int, int]:
     return 0, 1
 
 
-def collect(project_dir: str | Path, setup: Setup, data: str | Path | Dataset, limit: int | None = None,
-            shard_arg: str | None = None, batch_size: int = 16, strict: bool = False,
-            progress: Callable[[CollectSummary], None] | None = None) -> CollectSummary:
+def collect(
+    project_dir: str | Path,
+    setup: Setup,
+    data: str | Path | Dataset,
+    limit: int | None = None,
+    shard_arg: str | None = None,
+    batch_size: int = 16,
+    strict: bool = False,
+    progress: Callable[[CollectSummary], None] | None = None,
+) -> CollectSummary:
     """Collect gradients of every not-yet-committed sample of this shard into the project (resumable)."""
     ds = data if isinstance(data, Dataset) else load_dataset(data)
     check_condition(setup.family, ds.has_caption, ds.has_label)
@@ -234,9 +269,14 @@ def collect(project_dir: str | Path, setup: Setup, data: str | Path | Dataset, l
                 summary.bytes_written += sum(f.bytes for f in entry.files)
             pending.clear()
         if failures:
-            table = pa.table({"source": [s for s, _ in failures], "reason": [r for _, r in failures],
-                              "created_at": pa.array([now_utc()] * len(failures), FAILURES.field("created_at").type)},
-                             schema=FAILURES)
+            table = pa.table(
+                {
+                    "source": [s for s, _ in failures],
+                    "reason": [r for _, r in failures],
+                    "created_at": pa.array([now_utc()] * len(failures), FAILURES.field("created_at").type),
+                },
+                schema=FAILURES,
+            )
             entry = project.commit("failures", [("failures", None, "failures", table)])
             summary.bytes_written += sum(f.bytes for f in entry.files)
             failures.clear()
@@ -252,8 +292,9 @@ def collect(project_dir: str | Path, setup: Setup, data: str | Path | Dataset, l
                     cond = setup.family.encode_condition(rec.caption, rec.label)
                     vecs, norms, losses = engine.sample(x0, cond)
                     if not (np.isfinite(norms).all() and np.isfinite(losses).all()) or (norms == 0).any():
-                        raise DataError(f"{rec.source}: non-finite or zero gradient norm/loss (NaN weights or "
-                                        f"a degenerate sample)")
+                        raise DataError(
+                            f"{rec.source}: non-finite or zero gradient norm/loss (NaN weights or a degenerate sample)"
+                        )
                     pending.append((rec, vecs, norms, losses))
                     done_ids.add(sid)
                     summary.done += 1
@@ -275,8 +316,7 @@ def collect(project_dir: str | Path, setup: Setup, data: str | Path | Dataset, l
     return summary
 
 
-def _batch(pending: list[tuple[Record, dict[str, np.ndarray], np.ndarray, np.ndarray]], ident: Identity
-           ) -> SampleBatch:
+def _batch(pending: list[tuple[Record, dict[str, np.ndarray], np.ndarray, np.ndarray]], ident: Identity) -> SampleBatch:
     keys = sorted({k for rec, *_ in pending for k in rec.extra})
     return SampleBatch(
         sample_ids=[rec.sample_id for rec, *_ in pending],
@@ -291,8 +331,9 @@ def _batch(pending: list[tuple[Record, dict[str, np.ndarray], np.ndarray, np.nda
     )
 
 
-def query_gradients(setup: Setup, image: Any, caption: str | None, label: int | None) -> tuple[
-        dict[str, np.ndarray], np.ndarray, np.ndarray]:
+def query_gradients(
+    setup: Setup, image: Any, caption: str | None, label: int | None
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """A query image's gradients by exactly the collection path (same identity, noise, compressor)."""
     check_condition(setup.family, caption is not None, label is not None)
     engine = GradientEngine(setup)
@@ -303,5 +344,13 @@ def query_gradients(setup: Setup, image: Any, caption: str | None, label: int | 
         engine.close()
 
 
-__all__ = ["CollectSummary", "DminError", "GradientEngine", "Setup", "collect", "fixed_noise", "prepare",
-           "query_gradients"]
+__all__ = [
+    "CollectSummary",
+    "DminError",
+    "GradientEngine",
+    "Setup",
+    "collect",
+    "fixed_noise",
+    "prepare",
+    "query_gradients",
+]

@@ -103,8 +103,10 @@ def _read_metadata(folder: Path) -> list[dict[str, Any]]:
     if csv_path.is_file():
         with open(csv_path, newline="") as f:
             return list(csv.DictReader(f))
-    raise DataError(f"--data {folder}: no metadata.jsonl or metadata.csv (diffusers' imagefolder convention: "
-                    f"file_name plus text/label columns)")
+    raise DataError(
+        f"--data {folder}: no metadata.jsonl or metadata.csv (diffusers' imagefolder convention: "
+        f"file_name plus text/label columns)"
+    )
 
 
 def _folder(folder: Path) -> Dataset:

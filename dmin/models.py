@@ -171,7 +171,7 @@ class SDFamily(Family):
 
     @property
     def sample_size(self) -> int:
-        return int(self.pipe.unet.config.sample_size) * self.pipe.vae_scale_factor
+        return int(self.pipe.unet.config.sample_size) * vae_scale(self.pipe.vae)
 
     def latent_shape(self) -> tuple[int, ...]:
         s = int(self.pipe.unet.config.sample_size)
@@ -186,8 +186,13 @@ class SDFamily(Family):
 
     @torch.no_grad()
     def encode_condition(self, caption: str | None, label: int | None) -> Condition:
-        tok = self.pipe.tokenizer(caption or "", padding="max_length", max_length=self.pipe.tokenizer.model_max_length,
-                                  truncation=True, return_tensors="pt")
+        tok = self.pipe.tokenizer(
+            caption or "",
+            padding="max_length",
+            max_length=self.pipe.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        )
         emb = self.pipe.text_encoder(tok.input_ids.to(self.device))[0]
         return Condition(label=label, tensors={"encoder_hidden_states": emb})
 
@@ -197,8 +202,9 @@ class SDFamily(Family):
 
     def generate(self, cond: Condition, seed: int, steps: int = 50) -> Image.Image:
         gen = torch.Generator("cpu").manual_seed(seed)
-        return self.pipe(prompt_embeds=cond.tensors["encoder_hidden_states"], generator=gen,
-                         num_inference_steps=steps).images[0]
+        return self.pipe(
+            prompt_embeds=cond.tensors["encoder_hidden_states"], generator=gen, num_inference_steps=steps
+        ).images[0]
 
 
 class SD3Family(Family):
@@ -217,7 +223,7 @@ class SD3Family(Family):
 
     @property
     def sample_size(self) -> int:
-        return int(self.pipe.transformer.config.sample_size) * self.pipe.vae_scale_factor
+        return int(self.pipe.transformer.config.sample_size) * vae_scale(self.pipe.vae)
 
     def latent_shape(self) -> tuple[int, ...]:
         s = int(self.pipe.transformer.config.sample_size)
@@ -232,21 +238,30 @@ class SD3Family(Family):
     @torch.no_grad()
     def encode_condition(self, caption: str | None, label: int | None) -> Condition:
         prompt = caption or ""
-        emb, _, pooled, _ = self.pipe.encode_prompt(prompt=prompt, prompt_2=prompt, prompt_3=prompt,
-                                                    device=self.device, do_classifier_free_guidance=False)
+        emb, _, pooled, _ = self.pipe.encode_prompt(
+            prompt=prompt, prompt_2=prompt, prompt_3=prompt, device=self.device, do_classifier_free_guidance=False
+        )
         return Condition(label=label, tensors={"encoder_hidden_states": emb, "pooled_projections": pooled})
 
     def predict(self, x_t: torch.Tensor, t: float, cond: Condition) -> torch.Tensor:
         ts = torch.tensor([t], device=x_t.device, dtype=x_t.dtype)
-        return self.pipe.transformer(hidden_states=x_t, timestep=ts, return_dict=False,
-                                     encoder_hidden_states=cond.tensors["encoder_hidden_states"],
-                                     pooled_projections=cond.tensors["pooled_projections"])[0]
+        return self.pipe.transformer(
+            hidden_states=x_t,
+            timestep=ts,
+            return_dict=False,
+            encoder_hidden_states=cond.tensors["encoder_hidden_states"],
+            pooled_projections=cond.tensors["pooled_projections"],
+        )[0]
 
     def generate(self, cond: Condition, seed: int, steps: int = 28) -> Image.Image:
         gen = torch.Generator("cpu").manual_seed(seed)
-        return self.pipe(prompt_embeds=cond.tensors["encoder_hidden_states"],
-                         pooled_prompt_embeds=cond.tensors["pooled_projections"], generator=gen,
-                         num_inference_steps=steps, guidance_scale=1.0).images[0]
+        return self.pipe(
+            prompt_embeds=cond.tensors["encoder_hidden_states"],
+            pooled_prompt_embeds=cond.tensors["pooled_projections"],
+            generator=gen,
+            num_inference_steps=steps,
+            guidance_scale=1.0,
+        ).images[0]
 
 
 class DiTFamily(Family):
@@ -261,7 +276,7 @@ class DiTFamily(Family):
 
     @property
     def sample_size(self) -> int:
-        return int(self.pipe.transformer.config.sample_size) * 8
+        return int(self.pipe.transformer.config.sample_size) * vae_scale(self.pipe.vae)
 
     def latent_shape(self) -> tuple[int, ...]:
         s = int(self.pipe.transformer.config.sample_size)
@@ -277,8 +292,9 @@ class DiTFamily(Family):
 
     def generate(self, cond: Condition, seed: int, steps: int = 25) -> Image.Image:
         gen = torch.Generator("cpu").manual_seed(seed)
-        return self.pipe(class_labels=[cond.label], generator=gen, num_inference_steps=steps,
-                         guidance_scale=1.0, output_type="pil").images[0]
+        return self.pipe(
+            class_labels=[cond.label], generator=gen, num_inference_steps=steps, guidance_scale=1.0, output_type="pil"
+        ).images[0]
 
 
 FAMILIES: dict[str, type[Family]] = {
@@ -287,6 +303,11 @@ FAMILIES: dict[str, type[Family]] = {
     "StableDiffusion3Pipeline": SD3Family,
     "DiTPipeline": DiTFamily,
 }
+
+
+def vae_scale(vae: Any) -> int:
+    """Pixels per latent cell: 2^(number of VAE down blocks − 1)."""
+    return int(2 ** (len(vae.config.block_out_channels) - 1))
 
 
 def to_pil(x: torch.Tensor) -> Image.Image:
@@ -317,21 +338,26 @@ def load_family(model_dir: str | Path) -> Family:
     if not root.is_dir():
         raise ModelLoadError(f"--model {root}: no such directory")
     if not index.is_file():
-        raise ModelLoadError(f"--model {root}: no model_index.json; point --model at a diffusers pipeline directory "
-                             f"(saved with save_pretrained)")
+        raise ModelLoadError(
+            f"--model {root}: no model_index.json; point --model at a diffusers pipeline directory "
+            f"(saved with save_pretrained)"
+        )
     try:
         cls_name = json.loads(index.read_text()).get("_class_name")
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"{index}: unreadable ({exc})") from exc
     family = FAMILIES.get(cls_name)
     if family is None:
-        raise ModelLoadError(f"--model {root}: pipeline {cls_name!r} is not supported "
-                             f"(supported: {', '.join(FAMILIES)})")
+        raise ModelLoadError(
+            f"--model {root}: pipeline {cls_name!r} is not supported (supported: {', '.join(FAMILIES)})"
+        )
     weights = list(root.rglob("*.safetensors"))
     pickles = [p for p in root.rglob("*") if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl")]
     if pickles and not weights:
-        raise ModelLoadError(f"--model {root}: only pickle weights ({pickles[0].name}); dmin loads safetensors only "
-                             f"— convert with save_pretrained(safe_serialization=True)")
+        raise ModelLoadError(
+            f"--model {root}: only pickle weights ({pickles[0].name}); dmin loads safetensors only "
+            f"— convert with save_pretrained(safe_serialization=True)"
+        )
     import diffusers
 
     diffusers.utils.logging.disable_progress_bar()
@@ -375,13 +401,13 @@ def load_lora(fam: Family, lora_dir: str | Path) -> str:
     state = load_file(str(file))
     denoiser = fam.denoiser
     prefix = "transformer." if fam.name in ("sd3", "dit") else "unet."
-    config_path = (file.parent / "adapter_config.json")
+    config_path = file.parent / "adapter_config.json"
     if config_path.is_file():  # a PEFT adapter directory
         config = LoraConfig.from_pretrained(str(file.parent))
         state = {k.removeprefix("base_model.model."): v for k, v in state.items()}
     else:
         if any(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         with safe_open(str(file), "pt") as f:
             meta = f.metadata() or {}
         ranks = {k: v.shape[0] for k, v in state.items() if "lora_A" in k}
@@ -393,11 +419,18 @@ def load_lora(fam: Family, lora_dir: str | Path) -> str:
         alpha = extra.get("lora_alpha", rank)
         config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets)
     names = {n for n, _ in denoiser.named_modules()}
-    missing = [t for t in (config.target_modules or []) if isinstance(config.target_modules, list | set)
-               and t not in names and not any(n.endswith("." + t) or n == t for n in names)]
+    missing = [
+        t
+        for t in (config.target_modules or [])
+        if isinstance(config.target_modules, list | set)
+        and t not in names
+        and not any(n.endswith("." + t) or n == t for n in names)
+    ]
     if missing:
-        raise ModelLoadError(f"--lora {file}: targets {missing[0]!r} which the model does not have; "
-                             f"the LoRA was trained for another model")
+        raise ModelLoadError(
+            f"--lora {file}: targets {missing[0]!r} which the model does not have; "
+            f"the LoRA was trained for another model"
+        )
     try:
         inject_adapter_in_model(config, denoiser, adapter_name="dmin")
         result = set_peft_model_state_dict(denoiser, state, adapter_name="dmin")
@@ -405,8 +438,10 @@ def load_lora(fam: Family, lora_dir: str | Path) -> str:
         raise ModelLoadError(f"--lora {file}: does not fit the model: {str(exc).splitlines()[0]}") from exc
     unexpected = getattr(result, "unexpected_keys", []) or []
     if unexpected:
-        raise ModelLoadError(f"--lora {file}: {len(unexpected)} weight(s) match no module (e.g. {unexpected[0]}); "
-                             f"the LoRA was trained for another model")
+        raise ModelLoadError(
+            f"--lora {file}: {len(unexpected)} weight(s) match no module (e.g. {unexpected[0]}); "
+            f"the LoRA was trained for another model"
+        )
     return fingerprint([p for p in file.parent.iterdir() if p.is_file()], file.parent)
 
 
@@ -427,7 +462,9 @@ def select_params(fam: Family, lora: bool, pattern: str | None) -> list[tuple[st
 
 def check_condition(fam: Family, has_caption: bool, has_label: bool) -> None:
     if fam.needs_label and not has_label:
-        raise DataError(f"the {fam.name} model is class-conditional but the data has no label column; add a "
-                        f"'label' column to the metadata")
+        raise DataError(
+            f"the {fam.name} model is class-conditional but the data has no label column; add a "
+            f"'label' column to the metadata"
+        )
     if fam.needs_text and not has_caption:
         raise DataError(f"the {fam.name} model is text-conditional but the data has no text/prompt/caption column")

@@ -49,21 +49,40 @@ class QueryResult:
     results: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"query_id": self.query_id, "method": self.method, "v": self.v, "image": self.image_path,
-                "results": self.results}
+        return {
+            "query_id": self.query_id,
+            "method": self.method,
+            "v": self.v,
+            "image": self.image_path,
+            "results": self.results,
+        }
 
 
-def open_for_query(project_dir: str | Path, model: str | None = None, lora: str | None = None,
-                   device: str = "cpu", dtype: str = "float32") -> tuple[Project, Setup]:
+def open_for_query(
+    project_dir: str | Path,
+    model: str | None = None,
+    lora: str | None = None,
+    device: str = "cpu",
+    dtype: str = "float32",
+) -> tuple[Project, Setup]:
     """Open the project and load its model; refuse when the model's identity differs from the project's."""
     project = Project.open(project_dir)
     ident = project.identity
     model = model or ident.model_path
     if not model:
         raise UsageError("the project records no model path; pass --model DIR")
-    setup = prepare(model, lora or ident.lora_path, ident.param_filter, timestep_list=ident.timesteps,
-                    vs=ident.collect_vs, noise_seed=ident.noise_seed, compress_seed=ident.compress_seed,
-                    device=device, dtype=dtype, storage_dtype=ident.dtype)
+    setup = prepare(
+        model,
+        lora or ident.lora_path,
+        ident.param_filter,
+        timestep_list=ident.timesteps,
+        vs=ident.collect_vs,
+        noise_seed=ident.noise_seed,
+        compress_seed=ident.compress_seed,
+        device=device,
+        dtype=dtype,
+        storage_dtype=ident.dtype,
+    )
     ident.check_matches(setup.identity)
     return project, setup
 
@@ -89,8 +108,16 @@ def _vector_for(vecs: dict[str, np.ndarray], v: str, setup: Setup) -> np.ndarray
     return torch.stack([setup.compressor.compress(row, int(v)) for row in full]).numpy()
 
 
-def run_query(project: Project, setup: Setup, spec: QuerySpec, k: int = 10, v: str | None = None,
-              method: str = "auto", ef: int = 100, allow_stale: bool = False) -> QueryResult:
+def run_query(
+    project: Project,
+    setup: Setup,
+    spec: QuerySpec,
+    k: int = 10,
+    v: str | None = None,
+    method: str = "auto",
+    ef: int = 100,
+    allow_stale: bool = False,
+) -> QueryResult:
     if method not in ("auto", "exact", "knn"):
         raise UsageError(f"method {method!r}: choose auto, exact or knn")
     if k < 1:
@@ -122,8 +149,15 @@ def run_query(project: Project, setup: Setup, spec: QuerySpec, k: int = 10, v: s
     meta = _sample_meta(project, ids)
     results = []
     for rank, (sid, score, row) in enumerate(zip(ids, totals, per_t, strict=True), 1):
-        results.append({"rank": rank, "sample_id": sid, "score": float(score),
-                        "scores": [float(x) for x in row], **meta.get(sid, {})})
+        results.append(
+            {
+                "rank": rank,
+                "sample_id": sid,
+                "score": float(score),
+                "scores": [float(x) for x in row],
+                **meta.get(sid, {}),
+            }
+        )
     _commit(project, query_id, spec, image_path, vecs, norms, losses, results, use, v)
     return QueryResult(query_id, use, v, image_path, results)
 
@@ -168,30 +202,58 @@ def _sample_meta(project: Project, ids: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _commit(project: Project, query_id: str, spec: QuerySpec, image_path: str | None, vecs: dict[str, np.ndarray],
-            norms: np.ndarray, losses: np.ndarray, results: list[dict[str, Any]], method: str, v: str) -> None:
+def _commit(
+    project: Project,
+    query_id: str,
+    spec: QuerySpec,
+    image_path: str | None,
+    vecs: dict[str, np.ndarray],
+    norms: np.ndarray,
+    losses: np.ndarray,
+    results: list[dict[str, Any]],
+    method: str,
+    v: str,
+) -> None:
     ident = project.identity
     now = now_utc()
     ts_type = QUERIES.field("created_at").type
-    queries = pa.table({"query_id": [query_id], "image": [image_path], "prompt": [spec.prompt],
-                        "label": pa.array([spec.label], pa.int64()), "seed": pa.array([spec.seed], pa.int64()),
-                        "created_at": pa.array([now], ts_type)}, schema=QUERIES)
-    res = pa.table({
-        "query_id": [query_id] * len(results),
-        "sample_id": [r["sample_id"] for r in results],
-        "rank": pa.array([r["rank"] for r in results], pa.int32()),
-        "score": pa.array([r["score"] for r in results], pa.float64()),
-        "scores": pa.array([r["scores"] for r in results], pa.list_(pa.float64())),
-        "method": [method] * len(results),
-        "v": [v] * len(results),
-        "created_at": pa.array([now] * len(results), ts_type),
-    }, schema=RESULTS)
-    tables: list[tuple[str, str | None, str, pa.Table]] = [("queries", None, "queries/meta", queries),
-                                                           ("results", None, "results", res)]
+    queries = pa.table(
+        {
+            "query_id": [query_id],
+            "image": [image_path],
+            "prompt": [spec.prompt],
+            "label": pa.array([spec.label], pa.int64()),
+            "seed": pa.array([spec.seed], pa.int64()),
+            "created_at": pa.array([now], ts_type),
+        },
+        schema=QUERIES,
+    )
+    res = pa.table(
+        {
+            "query_id": [query_id] * len(results),
+            "sample_id": [r["sample_id"] for r in results],
+            "rank": pa.array([r["rank"] for r in results], pa.int32()),
+            "score": pa.array([r["score"] for r in results], pa.float64()),
+            "scores": pa.array([r["scores"] for r in results], pa.list_(pa.float64())),
+            "method": [method] * len(results),
+            "v": [v] * len(results),
+            "created_at": pa.array([now] * len(results), ts_type),
+        },
+        schema=RESULTS,
+    )
+    tables: list[tuple[str, str | None, str, pa.Table]] = [
+        ("queries", None, "queries/meta", queries),
+        ("results", None, "results", res),
+    ]
     for sv, vec in vecs.items():
-        tables.append(("query_grads", sv, paths.query_grads_dir(sv),
-                       grads_table("query_id", [query_id], ident.timesteps, vec[None], norms[None], losses[None],
-                                   ident.dtype)))
+        tables.append(
+            (
+                "query_grads",
+                sv,
+                paths.query_grads_dir(sv),
+                grads_table("query_id", [query_id], ident.timesteps, vec[None], norms[None], losses[None], ident.dtype),
+            )
+        )
     extra = []
     if image_path is not None and Path(image_path).resolve().is_relative_to(project.root.resolve()):
         extra.append(("query_images", None, Path(image_path).resolve()))
@@ -211,7 +273,7 @@ def load_training_image(project: Project, source: str) -> Image.Image | None:
             row = int(source.rsplit("#", 1)[1])
             img = pq.read_table(root, columns=["image"]).column("image")[row].as_py()
             raw = img.get("bytes") if isinstance(img, dict) else img
-            return Image.open(io.BytesIO(raw))
+            return Image.open(io.BytesIO(raw)) if isinstance(raw, bytes) else None
         return Image.open(root / source)
     except (OSError, ValueError, IndexError, DminError):
         return None

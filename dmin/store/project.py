@@ -278,10 +278,10 @@ class Project:
             self.identity = replace(self.identity, vs=(*self.identity.vs, v))
             write_bytes_atomic(self.root / paths.IDENTITY, self.identity.to_json().encode())
 
-    def set_paths(self, **paths_: str | None) -> None:
-        """Update the non-identity path fields of dmin.json (model_path, lora_path, data_path)."""
+    def set_paths(self, data_path: str | None) -> None:
+        """Update the non-identity data_path of dmin.json (contact sheets read training images from it)."""
         with self.lock():
-            self.identity = replace(Project.open(self.root).identity, **paths_)
+            self.identity = replace(Project.open(self.root).identity, data_path=data_path)
             write_bytes_atomic(self.root / paths.IDENTITY, self.identity.to_json().encode())
 
     def commit_samples(self, batch: SampleBatch) -> Entry | None:

@@ -25,8 +25,13 @@ def index_cmd(
     proj = Project.open(project)
     with render.progress(enabled=not json_out) as bar:
         task = bar.add_task(f"index v={v}", total=None, rate="", note="")
-        entry, info = build_index(proj, v, IndexParams(m, ef_construction, threads), rebuild=rebuild,
-                                  progress=lambda done, total: bar.update(task, completed=done, total=total))
+        entry, info = build_index(
+            proj,
+            v,
+            IndexParams(m, ef_construction, threads),
+            rebuild=rebuild,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
     info["changed"] = entry is not None
     if json_out:
         render.print_json(info)

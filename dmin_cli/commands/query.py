@@ -16,8 +16,9 @@ from dmin_cli.app import app
 from dmin_cli.options import JsonOpt, ProjectArg, VOpt
 
 
-def _specs(image: Path | None, prompt: str | None, label: int | None, seed: int | None,
-           queries: Path | None) -> list[QuerySpec]:
+def _specs(
+    image: Path | None, prompt: str | None, label: int | None, seed: int | None, queries: Path | None
+) -> list[QuerySpec]:
     if queries is None:
         return [QuerySpec(image=image, prompt=prompt, label=label, seed=seed)]
     if image is not None or seed is not None:
@@ -33,14 +34,24 @@ def _specs(image: Path | None, prompt: str | None, label: int | None, seed: int 
         img = row.get("image")
         if img is not None and not Path(img).is_absolute():
             img = str(queries.parent / img)
-        specs.append(QuerySpec(image=img, prompt=row.get("prompt"), label=row.get("label"), seed=row.get("seed"),
-                               query_id=row.get("query_id")))
+        specs.append(
+            QuerySpec(
+                image=img,
+                prompt=row.get("prompt"),
+                label=row.get("label"),
+                seed=row.get("seed"),
+                query_id=row.get("query_id"),
+            )
+        )
     return specs
 
 
-@app.command("query", epilog="Examples:\n\n  dmin query proj --image gen.png --label 3 --k 10 --sheet top.png\n\n"
-                             "  dmin query proj --label 7 --seed 1 --exact --json\n\n"
-                             "  dmin query proj --queries batch.jsonl --json > results.json")
+@app.command(
+    "query",
+    epilog="Examples:\n\n  dmin query proj --image gen.png --label 3 --k 10 --sheet top.png\n\n"
+    "  dmin query proj --label 7 --seed 1 --exact --json\n\n"
+    "  dmin query proj --queries batch.jsonl --json > results.json",
+)
 def query_cmd(
     project: ProjectArg,
     image: Path | None = typer.Option(None, "--image", help="The generated image to attribute."),
@@ -77,9 +88,14 @@ def query_cmd(
         render.print_json(results[0].to_dict() if queries is None else [r.to_dict() for r in results])
         return
     for res in results:
-        rows = [(r["rank"], f"{r['score']:.4f}", r["sample_id"][:12], r.get("caption") or r.get("label"),
-                 r.get("source")) for r in res.results]
-        render.table(f"query {res.query_id} — {res.method}, v={res.v}", ["rank", "score", "sample_id",
-                                                                         "caption/label", "source"], rows)
+        rows = [
+            (r["rank"], f"{r['score']:.4f}", r["sample_id"][:12], r.get("caption") or r.get("label"), r.get("source"))
+            for r in res.results
+        ]
+        render.table(
+            f"query {res.query_id} — {res.method}, v={res.v}",
+            ["rank", "score", "sample_id", "caption/label", "source"],
+            rows,
+        )
     if sheet is not None:
         render.out.print(f"contact sheet: {sheet}")

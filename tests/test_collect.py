@@ -1,0 +1,317 @@
+"""`collect` on tiny models of every family, loaded by the same code path users take."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dmin.collect import collect, prepare
+from dmin.compress import Compressor
+from dmin.store import Project
+from dmin.verify import verify
+from tests import tiny
+
+DMIN = [sys.executable, "-m", "dmin_cli"]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("models")
+    return {
+        "ddpm": tiny.ddpm(root / "ddpm"),
+        "ddpm_uncond": tiny.ddpm(root / "ddpm_uncond", conditional=False),
+        "sd": tiny.sd(root / "sd"),
+        "sd_v": tiny.sd(root / "sd_v", prediction_type="v_prediction"),
+        "sd3": tiny.sd3(root / "sd3"),
+        "dit": tiny.dit(root / "dit"),
+    }
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny.digits_folder(tmp_path_factory.mktemp("data") / "digits", count=8)
+
+
+def _load_pipe(model: Path):  # type: ignore[no-untyped-def]
+    import diffusers
+
+    cls = json.loads((model / "model_index.json").read_text())["_class_name"]
+    kw: dict[str, object] = {"use_safetensors": True}
+    if cls == "StableDiffusionPipeline":
+        kw.update(safety_checker=None, requires_safety_checker=False)
+    if cls == "StableDiffusion3Pipeline":
+        kw.update(text_encoder_3=None, tokenizer_3=None)
+    return getattr(diffusers, cls).from_pretrained(str(model), **kw)
+
+
+def reference_gradient(model: Path, image: Path, caption: str, label: int, t: float, k: int) -> np.ndarray:
+    """Plain autograd on the loaded pipeline, with the loss of DESIGN §1.3 written out by hand; normalized."""
+    pipe = _load_pipe(model)
+    den = pipe.unet if hasattr(pipe, "unet") else pipe.transformer
+    latent = hasattr(pipe, "vae")
+    img = Image.open(image).convert("RGB" if latent else "L")
+    px = torch.tensor(np.asarray(img), dtype=torch.float32) / 127.5 - 1
+    px = px.permute(2, 0, 1)[None] if latent else px[None, None]
+    if latent:
+        with torch.no_grad():
+            x0 = pipe.vae.encode(px).latent_dist.mode() * pipe.vae.config.scaling_factor
+    else:
+        x0 = px
+    eps = torch.randn((1, *x0.shape[1:]), generator=torch.Generator().manual_seed(k))  # noise_seed 0
+    cls = type(pipe).__name__
+    if cls == "StableDiffusion3Pipeline":
+        sigma = t / 1000
+        x_t, target = (1 - sigma) * x0 + sigma * eps, eps - x0
+    else:
+        ac = pipe.scheduler.alphas_cumprod[int(t)]
+        x_t = ac.sqrt() * x0 + (1 - ac).sqrt() * eps
+        v_pred = pipe.scheduler.config.prediction_type == "v_prediction"
+        target = ac.sqrt() * eps - (1 - ac).sqrt() * x0 if v_pred else eps
+    params = sorted(den.named_parameters(), key=lambda kv: kv[0])
+    ts = torch.tensor([int(t)])
+    with torch.no_grad():
+        if cls == "StableDiffusionPipeline":
+            ids = pipe.tokenizer(
+                caption,
+                padding="max_length",
+                max_length=pipe.tokenizer.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            ).input_ids
+            text = {"encoder_hidden_states": pipe.text_encoder(ids)[0]}
+        elif cls == "StableDiffusion3Pipeline":
+            emb, _, pooled, _ = pipe.encode_prompt(caption, caption, caption, do_classifier_free_guidance=False)
+            text = {"encoder_hidden_states": emb, "pooled_projections": pooled}
+    if cls == "DDPMPipeline":
+        labels = torch.tensor([label]) if den.config.num_class_embeds else None
+        pred = den(x_t, ts, class_labels=labels).sample
+    elif cls == "StableDiffusionPipeline":
+        pred = den(x_t, ts, **text).sample
+    elif cls == "StableDiffusion3Pipeline":
+        pred = den(hidden_states=x_t, timestep=torch.tensor([t]), **text).sample
+    else:
+        pred = den(x_t, timestep=ts, class_labels=torch.tensor([label])).sample[:, :4]
+    loss = torch.nn.functional.mse_loss(pred, target)
+    grads = torch.autograd.grad(loss, [p for _, p in params])
+    flat = torch.cat([g.reshape(-1) for g in grads]).double()
+    return (flat / flat.norm()).numpy()
+
+
+@pytest.mark.parametrize("family", ["ddpm", "ddpm_uncond", "sd", "sd_v", "sd3", "dit"])
+def test_stored_rows_equal_an_independent_computation(
+    family: str, models: dict[str, Path], data: Path, tmp_path: Path
+) -> None:
+    ts = [7.0, 61.0] if family != "sd3" else [70.0, 610.0]
+    setup = prepare(models[family], timestep_list=ts, vs=["64", "full"])
+    summary = collect(tmp_path / "p", setup, data, limit=1)
+    assert summary.done == 1
+    project = Project.open(tmp_path / "p")
+    full = project.read_table("grads", "full")
+    small = project.read_table("grads", "64")
+    assert full is not None and small is not None
+    n = project.identity.n
+    rows = full.column("vec").combine_chunks().values.to_numpy().reshape(-1, n)
+    rows64 = small.column("vec").combine_chunks().values.to_numpy().reshape(-1, 64)
+    meta = json.loads((data / "metadata.jsonl").read_text().splitlines()[0])
+    comp = Compressor(n)
+    for k, t in enumerate(ts):
+        want = reference_gradient(models[family], data / meta["file_name"], meta["text"], meta["label"], t, k)
+        np.testing.assert_allclose(rows[k], want, atol=1e-5)
+        np.testing.assert_allclose(
+            rows64[k], comp.compress(torch.from_numpy(rows[k]).double(), 64).numpy(), rtol=1e-5, atol=1e-6
+        )
+    assert verify(project.root, deep=True).healthy
+
+
+def _lora(model: Path, out: Path) -> Path:
+    """A LoRA on the DDPM UNet saved in diffusers' format (unet.-prefixed PEFT keys, safetensors)."""
+    from diffusers import UNet2DModel
+    from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
+    from safetensors.torch import save_file
+
+    unet = UNet2DModel.from_pretrained(str(model / "unet"))
+    torch.manual_seed(1)
+    inject_adapter_in_model(LoraConfig(r=2, lora_alpha=2, target_modules=["conv1", "conv2"]), unet)
+    for name, p in unet.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.02)
+    state = {f"unet.{k}": v.contiguous() for k, v in get_peft_model_state_dict(unet).items()}
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(out / "pytorch_lora_weights.safetensors"))
+    return out
+
+
+def test_lora_gradients_cover_only_adapter_parameters(models: dict[str, Path], data: Path, tmp_path: Path) -> None:
+    lora = _lora(models["ddpm"], tmp_path / "lora")
+    setup = prepare(models["ddpm"], lora=lora, timesteps=2, vs=["64"])
+    names = [n for n, _ in setup.params]
+    assert names and all("lora_" in n for n in names)
+    assert setup.identity.n == sum(p.numel() for _, p in setup.params)
+    assert setup.identity.adapter_fingerprint is not None
+    assert collect(tmp_path / "p", setup, data, limit=2).done == 2
+
+
+def test_lora_that_does_not_fit_is_refused(models: dict[str, Path], tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    save_file(
+        {"unet.nope.lora_A.weight": torch.zeros(2, 4), "unet.nope.lora_B.weight": torch.zeros(4, 2)},
+        str(bad / "pytorch_lora_weights.safetensors"),
+    )
+    r = subprocess.run(
+        [
+            *DMIN,
+            "collect",
+            str(tmp_path / "p"),
+            "--model",
+            str(models["ddpm"]),
+            "--data",
+            str(tmp_path),
+            "--lora",
+            str(bad),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 1
+    assert "another model" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "p").exists()
+
+
+def _vectors(root: Path, v: str) -> dict[tuple[str, int], np.ndarray]:
+    t = Project.open(root).read_table("grads", v)
+    assert t is not None
+    vec = t.column("vec").combine_chunks().values.to_numpy().reshape(len(t), -1)
+    return {
+        (s, i): vec[j]
+        for j, (s, i) in enumerate(zip(t.column("sample_id").to_pylist(), t.column("t_idx").to_pylist(), strict=True))
+    }
+
+
+def _collect_cli(project: Path, model: Path, data: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            *DMIN,
+            "collect",
+            str(project),
+            "--model",
+            str(model),
+            "--data",
+            str(data),
+            "--timesteps",
+            "2",
+            "--v",
+            "64",
+            "--batch-size",
+            "1",
+            "--json",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_resume_after_kill_and_shards_equal_one_run(models: dict[str, Path], data: Path, tmp_path: Path) -> None:
+    clean = tmp_path / "clean"
+    r = _collect_cli(clean, models["ddpm"], data)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["done"] == 8
+    # killed after its first commits, then resumed
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [
+            *DMIN,
+            "collect",
+            str(killed),
+            "--model",
+            str(models["ddpm"]),
+            "--data",
+            str(data),
+            "--timesteps",
+            "2",
+            "--v",
+            "64",
+            "--batch-size",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 60
+    while time.time() < deadline and len(list((killed / "manifest").glob("*.json"))) < 2:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert verify(killed, deep=True).healthy
+    r = _collect_cli(killed, models["ddpm"], data)
+    out = json.loads(r.stdout)
+    assert out["skipped"] >= 2 and out["done"] + out["skipped"] == 8
+    # two shards
+    sharded = tmp_path / "sharded"
+    for i in (0, 1):
+        assert _collect_cli(sharded, models["ddpm"], data, "--shard", f"{i}/2").returncode == 0
+    want = _vectors(clean, "64")
+    for other in (killed, sharded):
+        got = _vectors(other, "64")
+        assert got.keys() == want.keys()
+        for key, vec in want.items():
+            np.testing.assert_array_equal(got[key], vec)
+        assert verify(other, deep=True).healthy
+
+
+def test_parquet_data_with_hf_image_structs(models: dict[str, Path], tmp_path: Path) -> None:
+    pq_path = tiny.digits_parquet(tmp_path / "digits.parquet", count=4)
+    setup = prepare(models["ddpm"], timesteps=2, vs=["64"])
+    assert collect(tmp_path / "p", setup, pq_path).done == 4
+    t = Project.open(tmp_path / "p").read_table("samples")
+    assert t is not None and sorted(t.column("source").to_pylist())[0] == "digits.parquet#0"
+
+
+def test_broken_images_become_failures(models: dict[str, Path], tmp_path: Path) -> None:
+    d = tiny.digits_folder(tmp_path / "d", count=3)
+    (d / "0001.png").write_bytes(b"not a png")
+    with open(d / "metadata.jsonl", "a") as f:
+        f.write(json.dumps({"file_name": "../outside.png", "label": 1}) + "\n")
+    setup = prepare(models["ddpm"], timesteps=2, vs=["64"])
+    s = collect(tmp_path / "p", setup, d)
+    assert (s.done, s.failed) == (2, 2)
+    fails = Project.open(tmp_path / "p").read_table("failures")
+    assert fails is not None
+    reasons = " ".join(fails.column("reason").to_pylist())
+    assert "unreadable image" in reasons and "escapes the data folder" in reasons
+    r = _collect_cli(tmp_path / "strict", models["ddpm"], d, "--strict")
+    assert r.returncode == 1 and "unreadable image" in r.stderr
+
+
+def test_clear_errors_before_any_work(models: dict[str, Path], data: Path, tmp_path: Path) -> None:
+    r = _collect_cli(tmp_path / "p", tmp_path / "missing", data)
+    assert r.returncode == 1 and "no such directory" in r.stderr
+    nolabel = tiny.digits_folder(tmp_path / "nolabel", count=2)
+    lines = [json.loads(x) for x in (nolabel / "metadata.jsonl").read_text().splitlines()]
+    (nolabel / "metadata.jsonl").write_text("".join(json.dumps({"file_name": x["file_name"]}) + "\n" for x in lines))
+    r = _collect_cli(tmp_path / "p", models["ddpm"], nolabel)
+    assert r.returncode == 1 and "label column" in r.stderr
+    assert not (tmp_path / "p").exists()
+    pickled = tmp_path / "pickled"
+    (pickled / "unet").mkdir(parents=True)
+    (pickled / "model_index.json").write_text(json.dumps({"_class_name": "DDPMPipeline"}))
+    (pickled / "unet" / "diffusion_pytorch_model.bin").write_bytes(b"x")
+    r = _collect_cli(tmp_path / "p", pickled, data)
+    assert r.returncode == 1 and "safetensors only" in r.stderr
+    ok = _collect_cli(tmp_path / "q", models["ddpm"], data, "--limit", "1")
+    assert ok.returncode == 0
+    mismatch = _collect_cli(tmp_path / "q", models["ddpm_uncond"], data)
+    assert mismatch.returncode == 1 and "model_fingerprint" in mismatch.stderr
