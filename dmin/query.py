@@ -25,6 +25,7 @@ from dmin.errors import DataError, DminError, UsageError
 from dmin.index import current_index, knn, stale_count
 from dmin.score import exact_scores
 from dmin.store import Project, paths
+from dmin.store.atomic import write_atomic
 from dmin.store.project import grads_table, now_utc
 from dmin.store.schema import QUERIES, RESULTS
 
@@ -185,7 +186,8 @@ def _save_generated(project: Project, query_id: str, image: Image.Image) -> str:
     folder = project.root / "queries" / "images"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{query_id}.png"
-    image.save(path)
+    if not path.exists():  # same id, same pixels: never rewrite a committed file
+        write_atomic(path, lambda tmp: image.save(tmp, format="PNG"))
     return str(path)
 
 
@@ -215,6 +217,11 @@ def _commit(
     v: str,
 ) -> None:
     ident = project.identity
+    seen = project.read_table("results", columns=["query_id", "method", "v"])
+    if seen is not None and {"query_id": query_id, "method": method, "v": v} in seen.to_pylist():
+        return  # the same query, method and v are stored already: a rerun adds no duplicates
+    known = project.read_table("queries", columns=["query_id"])
+    is_new = known is None or query_id not in set(known.column("query_id").to_pylist())
     now = now_utc()
     ts_type = QUERIES.field("created_at").type
     queries = pa.table(
@@ -255,7 +262,7 @@ def _commit(
             )
         )
     extra = []
-    if image_path is not None and Path(image_path).resolve().is_relative_to(project.root.resolve()):
+    if is_new and image_path is not None and Path(image_path).resolve().is_relative_to(project.root.resolve()):
         extra.append(("query_images", None, Path(image_path).resolve()))
     project.commit("queries", tables, meta={"query_id": query_id, "method": method, "v": v}, extra_files=extra)
 

@@ -15,7 +15,9 @@ LABEL_H = 34
 
 def contact_sheet(project: Project, result: QueryResult, query_image: Image.Image, out: str | Path) -> Path:
     """Write a PNG with k+1 tiles in one row; returns its path."""
-    tiles: list[tuple[Image.Image | None, str, str]] = [(query_image, f"query {result.query_id[:10]}", result.method + f" v={result.v}")]
+    tiles: list[tuple[Image.Image | None, str, str]] = [
+        (query_image, f"query {result.query_id[:10]}", result.method + f" v={result.v}")
+    ]
     for r in result.results:
         img = load_training_image(project, str(r.get("source", "")))
         caption = r.get("caption") or (f"label {r['label']}" if r.get("label") is not None else "")

@@ -1,0 +1,244 @@
+"""`index` and `query`: exact vs numpy, kNN recall on clustered data, staleness, incremental builds, sheets."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dmin.errors import IndexStale, IntegrityError
+from dmin.index import IndexParams, build_index, current_index, knn
+from dmin.score import exact_scores
+from dmin.store import Project
+from dmin.store.project import SampleBatch
+from dmin.verify import verify
+from tests import tiny
+from tests.conftest import make_identity
+
+DMIN = [sys.executable, "-m", "dmin_cli"]
+
+
+def clustered_project(
+    root: Path, n: int = 1500, v: int = 1024, K: int = 2, clusters: int = 30
+) -> tuple[Project, np.ndarray]:
+    rng = np.random.default_rng(0)
+    centers = rng.standard_normal((clusters, K, v))
+    p = Project.create(root, make_identity(collect_vs=(str(v),), timesteps=tuple(float(t) for t in range(K))))
+    vecs = centers[rng.integers(0, clusters, n)] + 0.6 * rng.standard_normal((n, K, v))
+    vecs /= np.linalg.norm(vecs, axis=2, keepdims=True)
+    for lo in range(0, n, 500):
+        hi = min(n, lo + 500)
+        p.commit_samples(
+            SampleBatch(
+                [f"s{i:05d}" for i in range(lo, hi)],
+                [f"{i}.png" for i in range(lo, hi)],
+                [None] * (hi - lo),
+                [i % 10 for i in range(lo, hi)],
+                {},
+                p.identity.timesteps,
+                {str(v): vecs[lo:hi].astype(np.float32)},
+                np.ones((hi - lo, K)),
+                np.ones((hi - lo, K)),
+            )
+        )
+    queries = centers[rng.integers(0, clusters, 20)] + 0.6 * rng.standard_normal((20, K, v))
+    return p, (queries / np.linalg.norm(queries, axis=2, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def clustered(tmp_path_factory: pytest.TempPathFactory) -> tuple[Project, np.ndarray]:
+    p, q = clustered_project(tmp_path_factory.mktemp("c") / "proj")
+    build_index(p, "1024", IndexParams())
+    return p, q
+
+
+def test_knn_recall_against_exact_on_clustered_data(clustered: tuple[Project, np.ndarray]) -> None:
+    p, queries = clustered
+    idx = current_index(p, "1024")
+    assert idx is not None and idx.rerank is not None  # graph over v=256 folds, exact re-rank at 1024
+    recall = []
+    for q in queries:
+        ex = exact_scores(p, "1024", q)
+        want = [ex.ids[i] for i in ex.top(10)]
+        got, totals, per_t = knn(p, idx, q, 10)
+        recall.append(len(set(want) & set(got)) / 10)
+        # kNN scores are true inner products at v, equal to exact ones for the same samples
+        pos = {s: i for i, s in enumerate(ex.ids)}
+        np.testing.assert_allclose(totals, [ex.total[pos[s]] for s in got], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(per_t.sum(1), totals, rtol=1e-6)
+    assert float(np.mean(recall)) >= 0.95
+
+
+def test_exact_scores_equal_numpy(clustered: tuple[Project, np.ndarray]) -> None:
+    p, queries = clustered
+    t = p.read_table("grads", "1024")
+    assert t is not None
+    vec = t.column("vec").combine_chunks().values.to_numpy().reshape(-1, 2, 1024).astype(np.float64)
+    ex = exact_scores(p, "1024", queries[0])
+    np.testing.assert_allclose(
+        ex.per_t, np.einsum("nkd,kd->nk", vec, queries[0].astype(np.float64)), rtol=1e-4, atol=1e-5
+    )
+
+
+def test_stale_index_incremental_equals_rebuilt(tmp_path: Path) -> None:
+    p, queries = clustered_project(tmp_path / "a", n=1000)
+    build_index(p, "1024", IndexParams())
+    extra, _ = clustered_project(tmp_path / "b", n=1200)  # same generator: its last 200 are new samples
+    t = extra.read_table("grads", "1024")
+    assert t is not None
+    ids = t.column("sample_id").to_pylist()[::2][1000:]
+    vec = t.column("vec").combine_chunks().values.to_numpy().reshape(-1, 2, 1024)[1000:]
+    p.commit_samples(
+        SampleBatch(
+            ids,
+            ids,
+            [None] * 200,
+            [0] * 200,
+            {},
+            p.identity.timesteps,
+            {"1024": vec},
+            np.ones((200, 2)),
+            np.ones((200, 2)),
+        )
+    )
+    idx = current_index(p, "1024")
+    assert idx is not None
+    with pytest.raises(IndexStale, match="misses 200"):
+        knn(p, idx, queries[0], 10)
+    assert knn(p, idx, queries[0], 10, allow_stale=True)[0]
+    assert any(f.check == "index" and "stale" in f.message for f in verify(p.root).findings)
+    entry, info = build_index(p, "1024", IndexParams())
+    assert entry is not None and info["added"] == 200 and info["count"] == 1200
+    inc = current_index(p, "1024")
+    assert build_index(p, "1024", IndexParams())[0] is None  # nothing new: nothing done
+    build_index(p, "1024", IndexParams(), rebuild=True)
+    full = current_index(p, "1024")
+    assert inc is not None and full is not None
+    assert sorted(inc.labels.tolist()) == sorted(full.labels.tolist())
+    for q in queries[:10]:
+        assert knn(p, inc, q, 5)[0] == knn(p, full, q, 5)[0]
+    assert verify(p.root, deep=True).healthy
+
+
+def test_verify_catches_damaged_index(tmp_path: Path) -> None:
+    p, queries = clustered_project(tmp_path / "a", n=300)
+    build_index(p, "1024", IndexParams())
+    idx = current_index(p, "1024")
+    assert idx is not None
+    binary = idx.dir / "hnsw.bin"
+    data = bytearray(binary.read_bytes())
+    data[len(data) // 3] ^= 0x5A
+    binary.write_bytes(bytes(data))
+    report = verify(p.root)
+    assert any(f.check == "index" and "checksum" in f.message for f in report.findings) and not report.healthy
+    with pytest.raises(IntegrityError, match="rebuild"):
+        knn(p, current_index(p, "1024"), queries[0], 5)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def digits_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("q")
+    model = tiny.ddpm(root / "model")
+    data = tiny.digits_folder(root / "data", count=24)
+    r = subprocess.run(
+        [
+            *DMIN,
+            "collect",
+            str(root / "proj"),
+            "--model",
+            str(model),
+            "--data",
+            str(data),
+            "--timesteps",
+            "2",
+            "--v",
+            "256",
+            "--v",
+            "full",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    return root
+
+
+def _query(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*DMIN, "query", str(root / "proj"), *args], capture_output=True, text=True)
+
+
+def test_query_cli_exact_knn_sheet_and_sql(digits_project: Path) -> None:
+    root = digits_project
+    img = root / "data" / "0003.png"
+    exact = _query(root, "--image", str(img), "--label", "3", "--k", "5", "--exact", "--json")
+    assert exact.returncode == 0, exact.stderr
+    ex = json.loads(exact.stdout)
+    assert ex["method"] == "exact" and ex["v"] == "256" and len(ex["results"]) == 5
+    assert [r["rank"] for r in ex["results"]] == [1, 2, 3, 4, 5]
+    assert ex["results"][0]["source"] == "0003.png"  # a training sample is its own most influential sample
+    assert subprocess.run([*DMIN, "index", str(root / "proj"), "--v", "256"], capture_output=True).returncode == 0
+    sheet = root / "sheet.png"
+    auto = _query(root, "--image", str(img), "--label", "3", "--k", "5", "--json", "--sheet", str(sheet))
+    out = json.loads(auto.stdout)
+    assert out["method"] == "knn"
+    assert [r["sample_id"] for r in out["results"]] == [r["sample_id"] for r in ex["results"]]
+    with Image.open(sheet) as s:
+        assert s.format == "PNG" and s.width == 6 * 128
+    sql = subprocess.run(
+        [
+            *DMIN,
+            "sql",
+            str(root / "proj"),
+            "SELECT count(*) AS n FROM results r JOIN samples s "
+            "USING (sample_id) WHERE r.query_id = ? AND method = 'knn'".replace("?", f"'{out['query_id']}'"),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert json.loads(sql.stdout) == [{"n": 5}]
+
+
+def test_batch_queries_equal_single_queries(digits_project: Path) -> None:
+    root = digits_project
+    lines = [{"image": str(root / "data" / f"{i:04d}.png"), "label": i % 10, "query_id": f"b{i}"} for i in (1, 2)]
+    (root / "batch.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    batch = json.loads(_query(root, "--queries", str(root / "batch.jsonl"), "--exact", "--json", "--k", "4").stdout)
+    for i, res in zip((1, 2), batch, strict=True):
+        single = json.loads(
+            _query(
+                root,
+                "--image",
+                str(root / "data" / f"{i:04d}.png"),
+                "--label",
+                str(i % 10),
+                "--exact",
+                "--json",
+                "--k",
+                "4",
+            ).stdout
+        )
+        assert res["query_id"] == f"b{i}"
+        assert [r["sample_id"] for r in res["results"]] == [r["sample_id"] for r in single["results"]]
+        np.testing.assert_allclose([r["score"] for r in res["results"]], [r["score"] for r in single["results"]])
+
+
+def test_generated_query_is_deterministic(digits_project: Path) -> None:
+    a = json.loads(_query(digits_project, "--label", "4", "--seed", "7", "--exact", "--json", "--k", "3").stdout)
+    b = json.loads(_query(digits_project, "--label", "4", "--seed", "7", "--exact", "--json", "--k", "3").stdout)
+    assert a["query_id"] == b["query_id"] and Path(a["image"]).is_file()
+    assert a["results"] == b["results"]
+
+
+def test_query_refuses_a_different_model(digits_project: Path, tmp_path: Path) -> None:
+    other = tiny.ddpm(tmp_path / "other", conditional=False)
+    r = _query(digits_project, "--image", str(digits_project / "data" / "0001.png"), "--model", str(other))
+    assert r.returncode == 1 and "model_fingerprint" in r.stderr
+    both = _query(digits_project, "--image", "x.png", "--exact", "--knn")
+    assert both.returncode == 2 and "just one" in both.stderr
