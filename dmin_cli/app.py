@@ -5,6 +5,7 @@ Exit codes: 0 success, 1 a failure or a defect found, 2 a usage error. DMIN_DEBU
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 
@@ -36,8 +37,12 @@ def error_line(exc: BaseException) -> tuple[str, int]:
         return "Interrupted: committed work is kept; run the same command again to resume.", 130
     if isinstance(exc, MemoryError):
         return "Error: out of memory; try a smaller --batch-size or --v, or --device cuda", 1
-    if isinstance(exc, OSError) and exc.errno == 28:
-        return f"Error: no space left on device ({exc.filename or 'while writing'}); free space and rerun", 1
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        return (
+            f"Error: no space left for {exc.filename or 'a write'} ({exc.strerror}); nothing was committed — "
+            f"free space and rerun to resume",
+            1,
+        )
     name = type(exc).__name__
     return f"Error: unexpected {name}: {exc} (set DMIN_DEBUG=1 for the traceback)", 1
 

@@ -21,11 +21,13 @@ from dmin.compress import Compressor
 CHUNKS = (1280 * 1280 * 9, 1280, 640 * 1280, 640 * 640 * 9, 640, 320 * 320 * 9, 320, 1280 * 4096, 4096)
 
 
-def best(fn, repeat: int = 3) -> float:  # type: ignore[no-untyped-def]
+def best(fn, repeat: int = 3, sync=lambda: None) -> float:  # type: ignore[no-untyped-def]
     times = []
     for _ in range(repeat):
+        sync()
         t = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - t)
     return min(times)
 
@@ -35,14 +37,17 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=10**8)
     ap.add_argument("--v", type=int, default=4096)
     ap.add_argument("--dense-n", type=int, default=1 << 18, help="n for the dense projection (scaled per byte)")
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda for the Triton kernel on a GPU")
     ap.add_argument("--json", action="store_true", help="print only the JSON object")
     args = ap.parse_args()
     n, v = args.n, args.v
-    g = torch.randn(n, generator=torch.Generator().manual_seed(0))
+    dev = torch.device(args.device)
+    g = torch.randn(n, generator=torch.Generator().manual_seed(0)).to(dev)
     nbytes = 4 * n
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 
     dst = torch.empty_like(g)
-    memcpy_s = best(lambda: dst.copy_(g))
+    memcpy_s = best(lambda: dst.copy_(g), sync=sync)
 
     comp = Compressor(n, seed=0)
     Compressor(1 << 16).compress(g[: 1 << 16].clone() if n >= 1 << 16 else torch.randn(1 << 16), 16)  # JIT warm-up
@@ -56,41 +61,42 @@ def main() -> None:
     state = {}
 
     def run_dmin() -> None:
-        acc = comp.stream(v)
+        acc = comp.stream(v, device=dev)
         for off, size in offsets:
             acc.add(off, g[off : off + size])
         state["out"] = acc.finish()
         state["bytes"] = acc.state_bytes
 
     run_dmin()
-    dmin_s = best(run_dmin)
+    dmin_s = best(run_dmin, sync=sync)
 
-    perm = torch.randperm(comp.D)[:n]  # the official code stores a permutation of the padded length …
-    signs = torch.randint(0, 2, (n,), dtype=torch.int8) * 2 - 1  # … and a sign vector
+    perm = torch.randperm(comp.D)[:n].to(dev)  # the official code stores a permutation of the padded length …
+    signs = (torch.randint(0, 2, (n,), dtype=torch.int8) * 2 - 1).to(dev)  # … and a sign vector
 
     def run_stored() -> None:
-        padded = torch.zeros(comp.D)
+        padded = torch.zeros(comp.D, device=dev)
         padded[perm] = g * signs
         padded.view(v, -1).sum(1)
 
-    stored_s = best(run_stored, repeat=2)
+    stored_s = best(run_stored, repeat=2, sync=sync)
 
     dn = min(args.dense_n, n)
     gd = g[:dn]
     block = 1 << 12
 
     def run_dense() -> None:
-        gen = torch.Generator().manual_seed(0)
-        out = torch.zeros(v)
+        gen = torch.Generator(dev).manual_seed(0)
+        out = torch.zeros(v, device=dev)
         for lo in range(0, dn, block):
             rows = min(block, dn - lo)
-            out += gd[lo : lo + rows] @ torch.randn(rows, v, generator=gen)
+            out += gd[lo : lo + rows] @ torch.randn(rows, v, generator=gen, device=dev)
 
-    dense_s = best(run_dense, repeat=1)
+    dense_s = best(run_dense, repeat=1, sync=sync)
     gb = 1e9
     result = {
         "n": n,
         "v": v,
+        "device": str(dev),
         "threads": torch.get_num_threads(),
         "memcpy_gbps": nbytes / memcpy_s / gb,
         "dmin_gbps": nbytes / dmin_s / gb,

@@ -27,7 +27,7 @@ def digits_tensor() -> tuple[torch.Tensor, torch.Tensor]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default="dmin/assets/digits-ddpm")
-    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--batch", type=int, default=64)
     args = ap.parse_args()
     torch.manual_seed(0)

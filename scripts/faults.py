@@ -1,0 +1,455 @@
+#!/usr/bin/env python
+"""Fault injection: does dmin lose nothing and let nothing wrong through? Prints one JSON object (last line):
+for each fault kind, {"trials": N, "passed": M, "detail": …}. `--trials` sets the kill trials (50 by default).
+
+kill_collect      kill -9 during collect at random instants, resume; final project == an uninterrupted run
+kill_other        kill -9 during index, compress and query: the previous index/tables stay valid and usable
+shards            4 concurrent `--shard i/4` processes, twice over the same data: complete, no duplicates
+corruption        truncate / flip bytes / delete / swap-from-another-project for every file kind: verify exits 1
+                  naming the file (which of quick or deep catches it is in detail); query refuses cleanly
+hostile_input     broken images, metadata, escaping paths, pickle weights, remote code, NaN weights, identity
+                  mismatch, newer schema: one clear line, exit 1 or 2, nothing lost
+disk_full         writes fail part-way (RLIMIT_FSIZE): clean error, project unchanged and valid
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from dmin.store import Project  # noqa: E402
+from dmin.verify import verify  # noqa: E402
+from tests import tiny  # noqa: E402
+
+DMIN = [sys.executable, "-m", "dmin_cli"]
+COLLECT = ["--timesteps", "2", "--v", "64", "--v", "16", "--batch-size", "1"]
+
+
+def run(args: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*DMIN, *args], capture_output=True, text=True, **kw)
+
+
+def snapshot(root: Path) -> dict[tuple[str, str, int], bytes]:
+    """(v, sample_id, t_idx) → vector bytes of every committed row."""
+    p = Project.open(root)
+    out = {}
+    for v in p.identity.vs:
+        t = p.read_table("grads", v)
+        if t is None:
+            continue
+        dim = t.schema.field("vec").type.list_size
+        vec = t.column("vec").combine_chunks().values.to_numpy().reshape(len(t), dim)
+        for i, (s, k) in enumerate(zip(t.column("sample_id").to_pylist(), t.column("t_idx").to_pylist(), strict=True)):
+            key = (v, s, k)
+            if key in out:
+                raise AssertionError(f"duplicate row {key}")
+            out[key] = vec[i].tobytes()
+    return out
+
+
+def one_line_error(r: subprocess.CompletedProcess[str], codes: tuple[int, ...] = (1,)) -> bool:
+    return r.returncode in codes and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+class Env:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.model = tiny.ddpm(root / "model")
+        self.other_model = tiny.ddpm(root / "other", conditional=False)
+        self.data = tiny.digits_folder(root / "data", count=12)
+        self.ref = root / "ref"
+        r = run(["collect", str(self.ref), "--model", str(self.model), "--data", str(self.data), *COLLECT])
+        assert r.returncode == 0, r.stderr
+        self.ref_rows = snapshot(self.ref)
+
+    def fresh(self, name: str) -> Path:
+        dst = self.root / name
+        shutil.rmtree(dst, ignore_errors=True)
+        return dst
+
+    def collect(self, project: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+        return run(["collect", str(project), "--model", str(self.model), "--data", str(self.data), *COLLECT, *extra])
+
+
+def kill_collect(env: Env, trials: int, rng: random.Random) -> dict[str, Any]:
+    passed, fails = 0, []
+    for trial in range(trials):
+        project = env.fresh(f"kill{trial}")
+        proc = subprocess.Popen(
+            [*DMIN, "collect", str(project), "--model", str(env.model), "--data", str(env.data), *COLLECT],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(rng.uniform(0.5, 6.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        ok = True
+        if Project.exists(project):
+            ok &= verify(project, deep=True).healthy
+        r = env.collect(project)
+        ok &= r.returncode == 0 and verify(project, deep=True).healthy
+        try:
+            ok &= snapshot(project) == env.ref_rows
+        except AssertionError as exc:
+            ok = False
+            fails.append(str(exc))
+        passed += ok
+        if not ok:
+            fails.append(f"trial {trial}")
+        shutil.rmtree(project, ignore_errors=True)
+    return {"trials": trials, "passed": passed, "detail": fails[:5] or "identical to an uninterrupted run"}
+
+
+def kill_other(env: Env, trials: int, rng: random.Random) -> dict[str, Any]:
+    passed, fails = 0, []
+    base = env.fresh("other-base")
+    shutil.copytree(env.ref, base)
+    assert run(["index", str(base), "--v", "64"]).returncode == 0
+    img = env.data / "0000.png"
+    for trial in range(trials):
+        project = env.fresh("other")
+        shutil.copytree(base, project)
+        cmd = [
+            ["index", str(project), "--v", "64", "--rebuild"],
+            ["compress", str(project), "--v", "32"],
+            ["query", str(project), "--image", str(img), "--label", "0", "--exact"],
+        ][trial % 3]
+        proc = subprocess.Popen([*DMIN, *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.2, 3.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        q = run(["query", str(project), "--image", str(img), "--label", "0", "--knn", "--json"])
+        ok = verify(project, deep=True).healthy and q.returncode == 0
+        passed += ok
+        if not ok:
+            fails.append(f"{cmd[0]} trial {trial}: {q.stderr.strip()[:200]}")
+    return {"trials": trials, "passed": passed, "detail": fails[:5] or "index, compress and query survive kill -9"}
+
+
+def shards(env: Env, trials: int) -> dict[str, Any]:
+    passed, fails = 0, []
+    for trial in range(trials):
+        project = env.fresh(f"shards{trial}")
+        assert env.collect(project, "--limit", "1").returncode == 0  # the project exists before the race
+        for _round in range(2):
+            procs = [
+                subprocess.Popen(
+                    [
+                        *DMIN,
+                        "collect",
+                        str(project),
+                        "--model",
+                        str(env.model),
+                        "--data",
+                        str(env.data),
+                        *COLLECT,
+                        "--shard",
+                        f"{i}/4",
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+                for i in range(4)
+            ]
+            codes = [p.wait() for p in procs]
+            if any(codes):
+                fails.append(f"round exit codes {codes}")
+        try:
+            ok = snapshot(project) == env.ref_rows and verify(project, deep=True).healthy
+        except AssertionError as exc:
+            ok = False
+            fails.append(str(exc))
+        passed += ok
+    return {"trials": trials, "passed": passed, "detail": fails[:5] or "complete, no duplicates, no lost rows"}
+
+
+def _damage(path: Path, how: str, donor: Path | None, rng: random.Random) -> None:
+    if how == "truncate":
+        data = path.read_bytes()
+        path.write_bytes(data[: max(0, len(data) // 2)])
+    elif how == "flip":
+        data = bytearray(path.read_bytes())
+        for _ in range(3):
+            i = rng.randrange(len(data))
+            data[i] ^= 0xFF
+        path.write_bytes(bytes(data))
+    elif how == "delete":
+        path.unlink()
+    elif how == "swap" and donor is not None:
+        shutil.copyfile(donor, path)
+
+
+def corruption(env: Env, rng: random.Random) -> dict[str, Any]:
+    base = env.fresh("corrupt-base")
+    shutil.copytree(env.ref, base)
+    img = env.data / "0001.png"
+    assert run(["index", str(base), "--v", "64"]).returncode == 0
+    assert run(["query", str(base), "--image", str(img), "--label", "1", "--exact"]).returncode == 0
+    donor = env.fresh("donor")  # another project: a different model, same layout of files
+    assert (
+        run(["collect", str(donor), "--model", str(env.other_model), "--data", str(env.data), *COLLECT]).returncode == 0
+    )
+    assert run(["index", str(donor), "--v", "64"]).returncode == 0
+    assert run(["query", str(donor), "--image", str(img), "--exact"]).returncode == 0
+
+    def files(p: Path) -> dict[str, Path]:
+        proj = Project.open(p)
+        pick = {}
+        for kind, table in (
+            ("grads", "grads"),
+            ("samples", "samples"),
+            ("queries", "queries"),
+            ("results", "results"),
+            ("index binary", "index"),
+            ("index labels", "index_labels"),
+            ("index metadata", "index_meta"),
+        ):
+            refs = proj.live_files(table)
+            if refs:
+                pick[kind] = p / refs[0].path
+        pick["manifest"] = p / "manifest" / proj.manifest_names()[0]
+        pick["dmin.json"] = p / "dmin.json"
+        return pick
+
+    trials = passed = 0
+    detail: dict[str, str] = {}
+    for kind in files(base):
+        for how in ("truncate", "flip", "delete", "swap"):
+            project = env.fresh("corrupt")
+            shutil.copytree(base, project)
+            target = files(project)[kind]
+            rel = target.relative_to(project).as_posix()
+            donor_file = files(donor).get(kind)
+            _damage(target, how, donor_file, rng)
+            trials += 1
+            quick = verify(project)
+            deep = verify(project, deep=True)
+            named = any(rel in f.file or f.file == "dmin.json" for f in deep.findings if f.severity == "defect")
+            caught = "quick" if not quick.healthy else "deep" if not deep.healthy else "missed"
+            cli = run(["verify", str(project), "--deep"])
+            q = run(["query", str(project), "--image", str(img), "--label", "1", "--k", "3"])
+            refused_cleanly = (
+                "Traceback" not in q.stderr
+                and q.returncode in (0, 1)
+                and (q.returncode == 1 or kind in ("queries", "results", "index labels", "index metadata", "manifest"))
+            )
+            ok = caught != "missed" and named and cli.returncode == 1 and refused_cleanly
+            if kind == "dmin.json" and how == "swap":
+                ok = caught != "missed" and cli.returncode == 1 and q.returncode == 1
+            passed += ok
+            detail[f"{kind}/{how}"] = (
+                caught
+                if ok
+                else f"FAILED ({caught}, named={named}, cli={cli.returncode}, "
+                f"query={q.returncode}: {q.stderr.strip()[:120]})"
+            )
+    return {"trials": trials, "passed": passed, "detail": detail}
+
+
+def hostile_input(env: Env) -> dict[str, Any]:
+    root = env.fresh("hostile")
+    root.mkdir()
+    cases: dict[str, tuple[list[str], tuple[int, ...], str]] = {}
+    bad = tiny.digits_folder(root / "bad", count=3)
+    (bad / "0000.png").write_bytes(b"")
+    (bad / "0001.png").write_bytes(b"\x89PNG garbage")
+    from PIL import Image
+
+    Image.new("CMYK", (16, 16)).save(bad / "0002.jpg")
+    Image.new("L", (20000, 20000)).save(bad / "huge.png")
+    os.symlink("/etc/hostname", bad / "link.png")
+    with open(bad / "metadata.jsonl", "a") as f:
+        for name in ("0002.jpg", "huge.png", "../outside.png", "/etc/passwd", "link.png"):
+            f.write(json.dumps({"file_name": name, "label": 1}) + "\n")
+    project = root / "p"
+    r = run(["collect", str(project), "--model", str(env.model), "--data", str(bad), *COLLECT, "--json"])
+    ok_broken = r.returncode == 0 and json.loads(r.stdout)["failed"] == 6 and json.loads(r.stdout)["done"] == 1
+    malformed = root / "malformed"
+    malformed.mkdir()
+    (malformed / "metadata.jsonl").write_text('{"file_name": "a.png"\n')
+    missing = root / "missing"
+    missing.mkdir()
+    pickled = root / "pickled"
+    (pickled / "unet").mkdir(parents=True)
+    (pickled / "model_index.json").write_text(json.dumps({"_class_name": "DDPMPipeline"}))
+    (pickled / "unet" / "diffusion_pytorch_model.bin").write_bytes(b"x")
+    remote = root / "remote"
+    shutil.copytree(env.model, remote)
+    (remote / "model_index.json").write_text(json.dumps({"_class_name": "EvilPipeline", "unet": ["evil", "Evil"]}))
+    nan = root / "nan"
+    shutil.copytree(env.model, nan)
+    from safetensors.torch import load_file, save_file
+
+    wfile = nan / "unet" / "diffusion_pytorch_model.safetensors"
+    state = load_file(str(wfile))
+    state = {k: v * float("nan") if k.endswith("conv_out.weight") else v for k, v in state.items()}
+    save_file(state, str(wfile))
+    newer = env.fresh("newer")
+    shutil.copytree(env.ref, newer)
+    ident = json.loads((newer / "dmin.json").read_text())
+    ident["schema_version"] = 99
+    (newer / "dmin.json").write_text(json.dumps(ident))
+    keep = env.fresh("keep")
+    shutil.copytree(env.ref, keep)
+    cases = {
+        "malformed metadata": (
+            ["collect", str(root / "x"), "--model", str(env.model), "--data", str(malformed)],
+            (1,),
+            "malformed JSON",
+        ),
+        "missing metadata": (
+            ["collect", str(root / "x"), "--model", str(env.model), "--data", str(missing)],
+            (1,),
+            "no metadata.jsonl",
+        ),
+        "pickle-only weights": (
+            ["collect", str(root / "x"), "--model", str(pickled), "--data", str(env.data)],
+            (1,),
+            "safetensors only",
+        ),
+        "remote-code pipeline": (
+            ["collect", str(root / "x"), "--model", str(remote), "--data", str(env.data)],
+            (1,),
+            "not supported",
+        ),
+        "identity mismatch": (
+            ["collect", str(keep), "--model", str(env.other_model), "--data", str(env.data), *COLLECT],
+            (1,),
+            "different setup",
+        ),
+        "newer schema": (["verify", str(newer)], (1,), "newer"),
+        "bad usage": (["query", str(keep), "--exact", "--knn", "--image", "x.png"], (2,), "just one"),
+    }
+    trials, passed, detail = (
+        1,
+        int(ok_broken),
+        {
+            "broken images/escaping paths": "6 failures rows, 1 done"
+            if ok_broken
+            else f"FAILED: {r.stdout[-300:]} {r.stderr[-300:]}"
+        },
+    )
+    for name, (args, codes, text) in cases.items():
+        before = snapshot(keep)
+        res = run(args)
+        out = res.stderr + res.stdout
+        ok = res.returncode in codes and text in out and "Traceback" not in out and snapshot(keep) == before
+        trials += 1
+        passed += ok
+        detail[name] = "one clear line" if ok else f"FAILED rc={res.returncode}: {out.strip()[:200]}"
+    r = run(["collect", str(root / "nanp"), "--model", str(nan), "--data", str(env.data), *COLLECT, "--json"])
+    ok = r.returncode == 0 and json.loads(r.stdout)["failed"] == 12 and not Project.open(root / "nanp").sample_ids()
+    trials += 1
+    passed += ok
+    detail["NaN weights"] = "every sample a failures row, nothing committed" if ok else f"FAILED {r.stderr[-200:]}"
+    return {"trials": trials, "passed": passed, "detail": detail}
+
+
+def _limit_fsize(limit: int) -> None:
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+def disk_full(env: Env) -> dict[str, Any]:
+    trials = passed = 0
+    detail = {}
+    for limit in (2_000, 40_000, 200_000):
+        project = env.fresh("full")
+        shutil.copytree(env.ref, project)
+        before = snapshot(project)
+        for name, args in (
+            (
+                "collect",
+                [
+                    "collect",
+                    str(project),
+                    "--model",
+                    str(env.model),
+                    "--data",
+                    str(env.data),
+                    "--timesteps",
+                    "2",
+                    "--v",
+                    "64",
+                    "--v",
+                    "16",
+                    "--v",
+                    "full",
+                ],
+            ),
+            ("compress", ["compress", str(project), "--v", "32"]),
+            ("index", ["index", str(project), "--v", "64"]),
+        ):
+            if name == "collect":
+                args = ["collect", str(project), "--model", str(env.model), "--data", str(env.data), *COLLECT]
+                shutil.rmtree(project)
+                project.mkdir()
+                (project / "dmin.json").write_text((env.ref / "dmin.json").read_text())
+                (project / "manifest").mkdir()
+                before = {}
+            r = subprocess.run(
+                [*DMIN, *args], capture_output=True, text=True, preexec_fn=lambda lim=limit: _limit_fsize(lim)
+            )  # type: ignore[misc]
+            trials += 1
+            ok = verify(project, deep=True).healthy and (r.returncode == 0 or one_line_error(r))
+            after = snapshot(project)
+            ok &= all(after.get(k) == v for k, v in before.items())
+            passed += ok
+            detail[f"{name}@{limit}B"] = (
+                (r.stderr.strip()[:100] or "completed") if ok else f"FAILED rc={r.returncode}: {r.stderr.strip()[:200]}"
+            )
+            shutil.rmtree(project, ignore_errors=True)
+            shutil.copytree(env.ref, project)
+            before = snapshot(project)
+    return {"trials": trials, "passed": passed, "detail": detail}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--trials", type=int, default=50, help="kill trials for collect (others scale down)")
+    ap.add_argument("--only", nargs="*", help="run only these fault kinds")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    rng = random.Random(0)
+    np.random.seed(0)
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        env = Env(Path(tmp))
+        kinds = {
+            "kill_collect": lambda: kill_collect(env, args.trials, rng),
+            "kill_other": lambda: kill_other(env, max(3, args.trials // 5), rng),
+            "shards": lambda: shards(env, max(1, args.trials // 25)),
+            "corruption": lambda: corruption(env, rng),
+            "hostile_input": lambda: hostile_input(env),
+            "disk_full": lambda: disk_full(env),
+        }
+        for name, fn in kinds.items():
+            if args.only and name not in args.only:
+                continue
+            t = time.perf_counter()
+            out[name] = fn()
+            out[name]["seconds"] = round(time.perf_counter() - t, 1)
+            if not args.json:
+                print(f"{name}: {out[name]['passed']}/{out[name]['trials']}", file=sys.stderr)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
