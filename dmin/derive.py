@@ -16,7 +16,7 @@ from dmin.compress import Compressor, fold
 from dmin.errors import UsageError
 from dmin.store import paths
 from dmin.store.project import Entry, Project
-from dmin.store.schema import grads_schema
+from dmin.store.schema import grads_schema, vec_type
 from dmin.store.vectors import vec_values
 
 
@@ -55,7 +55,7 @@ def derive_v(project: Project, v: int) -> Entry | None:
             out = torch.stack([comp.compress(row.double(), v) for row in vecs]) if src == "full" else fold(vecs, v)
             np_dtype = np.float16 if ident.dtype == "float16" else np.float32
             flat = out.numpy().astype(np_dtype).reshape(-1)
-            vec_col = pa.FixedSizeListArray.from_arrays(pa.array(flat), v)
+            vec_col = pa.FixedSizeListArray.from_arrays(pa.array(flat), type=vec_type(v, ident.dtype))
             new = table.set_column(table.schema.get_field_index("vec"), "vec", vec_col)
             tables.append((table_name, str(v), folder(v), new.cast(grads_schema(v, ident.dtype, key))))
     with project.lock():

@@ -200,16 +200,20 @@ def current_index(project: Project, v: str) -> LoadedIndex | None:
         raise IntegrityError(f"index entry {entry.seq} for v={v} is incomplete; rebuild with `dmin index --rebuild`")
     folder = project.root / meta_ref.path.rsplit("/", 1)[0]
     try:
-        meta = json.loads((project.root / meta_ref.path).read_text())
-        labels_table = pq.read_table(project.root / labels_ref.path)
+        meta = json.loads(project.checked(meta_ref).read_text(errors="replace"))
+        labels_table = pq.read_table(project.checked(labels_ref))
     except (OSError, ValueError, pa.ArrowException) as exc:
         raise IntegrityError(
             f"index for v={v} is unreadable ({exc}); rebuild with `dmin index --v {v} --rebuild`"
         ) from exc
+    if meta.get("identity_hash") != project.identity.hash():
+        raise IntegrityError(
+            f"index for v={v} was built for a different identity; rebuild with `dmin index --v {v} --rebuild`"
+        )
     labels = labels_table.column("row_id").to_numpy()
     rerank = None
     if "index_vectors" in by_table:
-        rerank = np.load(project.root / by_table["index_vectors"].path, mmap_mode="r")
+        rerank = np.load(project.checked(by_table["index_vectors"]), mmap_mode="r")
     return LoadedIndex(entry, folder, meta, labels, labels_table.column("sample_id").to_pylist(), rerank)
 
 

@@ -85,15 +85,24 @@ class _Verifier:
         self.checked["identity"] += 1
         entries = self.entries(project, ident)
         live = self.live(entries)
-        for _, ref in live:
-            self.check_file(ident, ref)
-        self.check_grads_complete(project, ident, [r for _, r in live])
         from dmin.index import verify_indexes
 
-        verify_indexes(project, entries, self)
+        refs = [r for _, r in live]
+        stages = [
+            ("files", lambda: self.check_files(ident, refs)),
+            ("complete", lambda: self.check_grads_complete(project, ident, refs)),
+            ("index", lambda: verify_indexes(project, entries, self)),
+        ]
         if self.deep:
-            self.check_folds(project, ident, [r for _, r in live])
-            self.check_orphans(entries)
+            stages += [
+                ("fold", lambda: self.check_folds(project, ident, refs)),
+                ("orphan", lambda: self.check_orphans(entries)),
+            ]
+        for name, stage in stages:
+            try:
+                stage()
+            except (DminError, OSError, ValueError, KeyError, pa.ArrowException) as exc:  # a check must not crash
+                self.defect(name, _file_of(exc), f"check could not complete: {exc}")
         return self.report()
 
     def report(self) -> Report:
@@ -103,7 +112,17 @@ class _Verifier:
     def entries(self, project: Project, ident: Identity) -> list[Entry]:
         out = []
         want = ident.hash()
-        for name in project.manifest_names():
+        names = project.manifest_names()
+        for expected, name in enumerate(names, 1):
+            if name != paths.manifest_name(expected).split("/")[1]:
+                self.defect(
+                    "manifest",
+                    paths.manifest_name(expected),
+                    "manifest entry missing (sequence gap): committed data was un-committed or deleted",
+                )
+                break
+        mismatched: list[str] = []
+        for name in names:
             rel = f"{paths.MANIFEST}/{name}"
             try:
                 entry = parse_entry((self.root / rel).read_text(errors="replace"), rel)
@@ -112,13 +131,21 @@ class _Verifier:
                 continue
             self.checked["manifest_entries"] += 1
             if entry.identity_hash != want:
+                mismatched.append(rel)
+            out.append(entry)
+        if out and len(mismatched) == len(out):
+            self.defect(
+                "identity",
+                paths.IDENTITY,
+                "no manifest entry was written under this identity: dmin.json was replaced or edited",
+            )
+        else:
+            for rel in mismatched:
                 self.defect(
                     "identity",
                     rel,
-                    "entry was written under a different identity than dmin.json "
-                    "(dmin.json replaced, or files from another project)",
+                    "entry was written under a different identity than dmin.json (files from another project)",
                 )
-            out.append(entry)
         vs_in_manifest = {f.v for e in out for f in e.files if f.table == "grads" and f.v}
         for v in sorted(vs_in_manifest - set(ident.vs)):
             self.warn(
@@ -132,6 +159,10 @@ class _Verifier:
         return [(e, f) for e in entries for f in e.files if f.path not in gone]
 
     # -- files ------------------------------------------------------------------------------------------------
+    def check_files(self, ident: Identity, refs: list[FileRef]) -> None:
+        for ref in refs:
+            self.check_file(ident, ref)
+
     def check_file(self, ident: Identity, ref: FileRef) -> None:
         path = self.root / ref.path
         self.checked["files"] += 1
@@ -325,6 +356,11 @@ class _Verifier:
                             rel,
                             "not named by any manifest entry (left by an interrupted write); readers ignore it",
                         )
+
+
+def _file_of(exc: BaseException) -> str:
+    text = str(exc)
+    return text.split(": ", 1)[0] if ": " in text else ""
 
 
 def type_name(t: pa.DataType) -> str:

@@ -36,7 +36,7 @@ def test_every_command_has_help_with_examples_and_is_in_the_readme() -> None:
         (UsageError("use just one of --exact or --knn"), 2, "Error: use just one of --exact or --knn"),
         (IdentityMismatch("n: 1 (project) ≠ 2 (requested)"), 1, "Error: n: 1"),
         (DataError("x.png: unreadable image"), 1, "Error: x.png: unreadable image"),
-        (OSError(errno.ENOSPC, "No space left on device"), 1, "no space left on device"),
+        (OSError(errno.ENOSPC, "No space left on device"), 1, "Error: no space left for a write"),
         (RuntimeError("boom"), 1, "unexpected RuntimeError: boom (set DMIN_DEBUG=1"),
     ],
 )

@@ -182,7 +182,7 @@ def test_verify_duplicate_rows_nan_and_schema(small_project: Project) -> None:
 def test_verify_identity_swap(small_project: Project, tmp_path: Path) -> None:
     other = Project.create(tmp_path / "other", make_identity(model_fingerprint="m1"))
     (small_project.root / "dmin.json").write_bytes((other.root / "dmin.json").read_bytes())
-    assert ("identity", "manifest/000000001.json") in _defects(small_project.root)
+    assert ("identity", "dmin.json") in _defects(small_project.root)
 
 
 def test_verify_manifest_edit(small_project: Project) -> None:

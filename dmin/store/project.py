@@ -29,7 +29,7 @@ from dmin.errors import IntegrityError, ProjectError
 from dmin.store import paths
 from dmin.store.atomic import file_checksum, write_bytes_atomic, write_parquet_atomic
 from dmin.store.identity import Identity
-from dmin.store.schema import SAMPLES_BASE, grads_schema
+from dmin.store.schema import SAMPLES_BASE, grads_schema, vec_type
 
 
 @dataclass(frozen=True)
@@ -140,6 +140,7 @@ class Project:
         self._ids: set[str] = set()
         self._lock_depth = 0
         self._lock_fd: int | None = None
+        self._verified: set[str] = set()
 
     # ---- opening -------------------------------------------------------------------------------------------
     @staticmethod
@@ -157,7 +158,7 @@ class Project:
             raise ProjectError(
                 f"{root}: not a dmin project (no {paths.IDENTITY}); create one with `dmin collect {root} …`"
             )
-        identity = Identity.from_json(ident_path.read_text(), where=str(ident_path))
+        identity = Identity.from_json(ident_path.read_text(errors="replace"), where=str(ident_path))
         if expect is not None:
             identity.check_matches(expect)
         return cls(root, identity)
@@ -185,14 +186,39 @@ class Project:
     def entries(self) -> list[Entry]:
         """Every committed entry in commit order; IntegrityError when one is damaged (run `dmin verify`)."""
         out = []
-        for name in self.manifest_names():
+        want = self.identity.hash()
+        for expected_seq, name in enumerate(self.manifest_names(), 1):
+            where = f"{paths.MANIFEST}/{name}"
             entry = self._entry_cache.get(name)
             if entry is None:
-                path = self.root / paths.MANIFEST / name
-                entry = parse_entry(path.read_text(errors="replace"), f"{paths.MANIFEST}/{name}")
+                entry = parse_entry((self.root / where).read_text(errors="replace"), where)
+                if entry.seq != expected_seq or name != paths.manifest_name(entry.seq).split("/")[1]:
+                    raise IntegrityError(
+                        f"{paths.manifest_name(expected_seq)}: manifest entry missing or renamed "
+                        f"(sequence gap); run `dmin verify`"
+                    )
+                if entry.identity_hash != want:
+                    raise IntegrityError(
+                        f"{where}: written under a different identity than dmin.json (dmin.json "
+                        f"replaced, or files from another project); run `dmin verify`"
+                    )
                 self._entry_cache[name] = entry
             out.append(entry)
         return out
+
+    def checked(self, ref: FileRef) -> Path:
+        """The path of a committed file after checking its size and xxh3 against the manifest (once per process):
+        readers never use damaged bytes silently."""
+        path = self.root / ref.path
+        if ref.path not in self._verified:
+            if not path.is_file():
+                raise IntegrityError(f"{ref.path}: named by the manifest but missing; run `dmin verify`")
+            if path.stat().st_size != ref.bytes or file_checksum(path) != ref.xxh3:
+                raise IntegrityError(
+                    f"{ref.path}: does not match its manifest checksum (damaged or replaced); run `dmin verify`"
+                )
+            self._verified.add(ref.path)
+        return path
 
     def live_files(self, table: str, v: str | None = None) -> list[FileRef]:
         """Committed files of a table (and v), minus those a later entry superseded."""
@@ -344,7 +370,7 @@ class Project:
         """sample_ids of every committed sample (read incrementally: only files not seen before)."""
         for f in self.live_files("samples"):
             if f.path not in self._ids_seen:
-                col = pq.read_table(self.root / f.path, columns=["sample_id"]).column("sample_id")
+                col = pq.read_table(self.checked(f), columns=["sample_id"]).column("sample_id")
                 self._ids.update(col.to_pylist())
                 self._ids_seen.add(f.path)
         return self._ids
@@ -354,7 +380,7 @@ class Project:
         files = self.live_files(table, v)
         if not files:
             return None
-        parts = [pq.read_table(self.root / f.path, columns=columns, memory_map=True) for f in files]
+        parts = [pq.read_table(self.checked(f), columns=columns, memory_map=True) for f in files]
         return pa.concat_tables(parts, promote_options="default")
 
     def path(self, rel: str) -> Path:
@@ -379,7 +405,7 @@ def grads_table(
             key: pa.array(np.repeat(np.asarray(ids, dtype=object), K), pa.string()),
             "t_idx": pa.array(np.tile(np.arange(K, dtype=np.int32), B)),
             "timestep": pa.array(np.tile(np.asarray(timesteps, dtype=np.float64), B)),
-            "vec": pa.FixedSizeListArray.from_arrays(flat, dim),
+            "vec": pa.FixedSizeListArray.from_arrays(flat, type=vec_type(dim, dtype)),
             "norm": pa.array(np.asarray(norms, dtype=np.float64).reshape(-1)),
             "loss": pa.array(np.asarray(losses, dtype=np.float64).reshape(-1)),
         },
