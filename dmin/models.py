@@ -159,23 +159,22 @@ class DDPMFamily(Family):
         return to_pil(x)
 
 
-class SDFamily(Family):
-    """Stable Diffusion 1.x/2.x: UNet2DConditionModel + VAE + CLIP text encoder."""
+class LatentFamily(Family):
+    """Families that denoise VAE latents: x0 = (VAE mode − shift) × scaling factor."""
 
-    name = "sd"
     pixel_space = False
-    needs_text = True
 
-    def _denoiser(self) -> torch.nn.Module:
-        return self.pipe.unet
+    @property
+    def config(self) -> Any:
+        return self.denoiser.config
 
     @property
     def sample_size(self) -> int:
-        return int(self.pipe.unet.config.sample_size) * vae_scale(self.pipe.vae)
+        return int(self.config.sample_size) * vae_scale(self.pipe.vae)
 
     def latent_shape(self) -> tuple[int, ...]:
-        s = int(self.pipe.unet.config.sample_size)
-        return (int(self.pipe.unet.config.in_channels), s, s)
+        s = int(self.config.sample_size)
+        return (int(self.config.in_channels), s, s)
 
     def encode_image(self, img: Image.Image) -> torch.Tensor:
         vae = self.pipe.vae
@@ -183,6 +182,16 @@ class SDFamily(Family):
             latent = vae.encode(self.pixels(img).to(self.device, vae.dtype)).latent_dist.mode()
         shift = getattr(vae.config, "shift_factor", None) or 0.0
         return ((latent - shift) * vae.config.scaling_factor).float()
+
+
+class SDFamily(LatentFamily):
+    """Stable Diffusion 1.x/2.x: UNet2DConditionModel + VAE + CLIP text encoder."""
+
+    name = "sd"
+    needs_text = True
+
+    def _denoiser(self) -> torch.nn.Module:
+        return self.pipe.unet
 
     @torch.no_grad()
     def encode_condition(self, caption: str | None, label: int | None) -> Condition:
@@ -207,11 +216,10 @@ class SDFamily(Family):
         ).images[0]
 
 
-class SD3Family(Family):
+class SD3Family(LatentFamily):
     """Stable Diffusion 3: SD3Transformer2DModel, flow matching (target ε − x0); text_encoder_3 may be absent."""
 
     name = "sd3"
-    pixel_space = False
     needs_text = True
 
     def _denoiser(self) -> torch.nn.Module:
@@ -221,19 +229,9 @@ class SD3Family(Family):
     def loss_type(self) -> str:
         return "flow_matching"
 
-    @property
-    def sample_size(self) -> int:
-        return int(self.pipe.transformer.config.sample_size) * vae_scale(self.pipe.vae)
-
-    def latent_shape(self) -> tuple[int, ...]:
-        s = int(self.pipe.transformer.config.sample_size)
-        return (int(self.pipe.transformer.config.in_channels), s, s)
-
     def noisy_and_target(self, x0: torch.Tensor, eps: torch.Tensor, t: float) -> tuple[torch.Tensor, torch.Tensor]:
         sigma = t / self.num_train_timesteps
         return (1.0 - sigma) * x0 + sigma * eps, eps - x0
-
-    encode_image = SDFamily.encode_image
 
     @torch.no_grad()
     def encode_condition(self, caption: str | None, label: int | None) -> Condition:
@@ -264,25 +262,14 @@ class SD3Family(Family):
         ).images[0]
 
 
-class DiTFamily(Family):
+class DiTFamily(LatentFamily):
     """DiTPipeline: class-conditional DiTTransformer2DModel over VAE latents; learned-sigma output is split off."""
 
     name = "dit"
-    pixel_space = False
     needs_label = True
 
     def _denoiser(self) -> torch.nn.Module:
         return self.pipe.transformer
-
-    @property
-    def sample_size(self) -> int:
-        return int(self.pipe.transformer.config.sample_size) * vae_scale(self.pipe.vae)
-
-    def latent_shape(self) -> tuple[int, ...]:
-        s = int(self.pipe.transformer.config.sample_size)
-        return (int(self.pipe.transformer.config.in_channels), s, s)
-
-    encode_image = SDFamily.encode_image
 
     def predict(self, x_t: torch.Tensor, t: float, cond: Condition) -> torch.Tensor:
         ts = torch.tensor([int(t)], device=x_t.device)
