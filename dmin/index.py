@@ -186,6 +186,8 @@ class LoadedIndex:
     sample_ids: list[str]
     rerank: np.ndarray | None
     graph: Any = None
+    missing: int | None = None  # committed samples the index lacks, computed once per load
+    pos_of: dict[int, int] | None = None  # row_id → position in labels / rerank rows
 
 
 def current_index(project: Project, v: str) -> LoadedIndex | None:
@@ -243,7 +245,9 @@ def knn(
     project: Project, idx: LoadedIndex, query: np.ndarray, k: int, ef: int = 100, allow_stale: bool = False
 ) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Top-k by the index: (sample_ids, total scores, per-timestep scores), exact inner products at v."""
-    missing = stale_count(project, idx)
+    if idx.missing is None:
+        idx.missing = stale_count(project, idx)
+    missing = idx.missing
     if missing and not allow_stale:
         raise IndexStale(
             f"the v={idx.meta['v']} index misses {missing} committed sample(s); run `dmin index "
@@ -260,8 +264,9 @@ def knn(
     gq = graph_vectors(query[None].astype(np.float32), graph_v)
     labels, _ = graph.knn_query(gq, k=want)
     labels = labels[0].astype(np.int64)
-    pos_of = {int(r): i for i, r in enumerate(idx.labels)}
-    pos = np.asarray([pos_of[int(r)] for r in labels])
+    if idx.pos_of is None:
+        idx.pos_of = {int(r): i for i, r in enumerate(idx.labels)}
+    pos = np.asarray([idx.pos_of[int(r)] for r in labels])
     if idx.rerank is not None:
         cand = np.asarray(idx.rerank[np.sort(pos)]).reshape(-1, K, V)
         order_pos = np.sort(pos)
