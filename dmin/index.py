@@ -273,7 +273,8 @@ def knn(
     else:
         cand = graph.get_items(labels, return_type="numpy").reshape(-1, K, graph_v)
         order_pos = pos
-    per_t = np.einsum("nkd,kd->nk", cand.astype(np.float32), query.astype(np.float32)).astype(np.float64)
+    per_t = np.einsum("nkd,kd->nk", cand.astype(np.float32, copy=False), query.astype(np.float32, copy=False))
+    per_t = per_t.astype(np.float64)
     total = per_t.sum(1)
     best = np.lexsort((order_pos, -total))[:k]
     return [idx.sample_ids[int(order_pos[i])] for i in best], total[best], per_t[best]
