@@ -11,6 +11,7 @@ it (a damaged file must never crash the interpreter).
 
 from __future__ import annotations
 
+import errno
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -130,7 +131,17 @@ def build_index(
     build = (prev.meta["build"] + 1) if prev else _next_build(project, v)
     folder = project.root / paths.index_dir(v, build)
     folder.mkdir(parents=True, exist_ok=True)
-    write_atomic(folder / "hnsw.bin", lambda tmp: graph.save_index(str(tmp)))
+
+    def save(tmp: Path) -> None:
+        # hnswlib does not report failed writes (a full disk leaves a short file): load it back before committing
+        graph.save_index(str(tmp))
+        check = hnswlib.Index(space="ip", dim=dim)
+        try:
+            check.load_index(str(tmp), max_elements=max(total, 1))
+        except RuntimeError as exc:
+            raise OSError(errno.ENOSPC, "the index file was written incompletely (disk full?)", str(tmp)) from exc
+
+    write_atomic(folder / "hnsw.bin", save)
     all_labels = np.concatenate([prev.labels, labels]) if prev else labels
     id_of = {r: s for s, r in rows.items()}
     all_ids = [id_of[int(r)] for r in all_labels]
@@ -231,7 +242,13 @@ def load_graph(project: Project, idx: LoadedIndex) -> Any:
             f"rebuild with `dmin index --v {idx.meta['v']} --rebuild`"
         )
     graph = hnswlib.Index(space="ip", dim=int(idx.meta["dim"]))
-    graph.load_index(str(path), max_elements=max(1, int(idx.meta["count"])))
+    try:
+        graph.load_index(str(path), max_elements=max(1, int(idx.meta["count"])))
+    except RuntimeError as exc:
+        raise IntegrityError(
+            f"{ref.path}: hnswlib cannot load the index ({exc}); rebuild with `dmin index --v "
+            f"{idx.meta['v']} --rebuild`"
+        ) from exc
     idx.graph = graph
     return graph
 

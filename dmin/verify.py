@@ -101,7 +101,7 @@ class _Verifier:
         for name, stage in stages:
             try:
                 stage()
-            except (DminError, OSError, ValueError, KeyError, pa.ArrowException) as exc:  # a check must not crash
+            except (DminError, OSError, ValueError, KeyError, RuntimeError, pa.ArrowException) as exc:  # never crash
                 self.defect(name, _file_of(exc), f"check could not complete: {exc}")
         return self.report()
 
