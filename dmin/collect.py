@@ -24,7 +24,7 @@ import xxhash
 
 from dmin.compress import Compressor, fold
 from dmin.data import Dataset, Record, load_dataset, shard
-from dmin.errors import DataError, DminError, UsageError
+from dmin.errors import DataError, UsageError
 from dmin.models import Condition, Family, check_condition, load_family, load_lora, select_params
 from dmin.store import Identity, Project
 from dmin.store.project import SampleBatch, now_utc
@@ -344,13 +344,4 @@ def query_gradients(
         engine.close()
 
 
-__all__ = [
-    "CollectSummary",
-    "DminError",
-    "GradientEngine",
-    "Setup",
-    "collect",
-    "fixed_noise",
-    "prepare",
-    "query_gradients",
-]
+__all__ = ["CollectSummary", "GradientEngine", "Setup", "collect", "fixed_noise", "prepare", "query_gradients"]

@@ -34,7 +34,6 @@ class Family:
     """A model family: how x0, the condition and the prediction are computed, and which loss applies."""
 
     name = "base"
-    pixel_space = True
     needs_label = False
     needs_text = False
 
@@ -161,8 +160,6 @@ class DDPMFamily(Family):
 
 class LatentFamily(Family):
     """Families that denoise VAE latents: x0 = (VAE mode − shift) × scaling factor."""
-
-    pixel_space = False
 
     @property
     def config(self) -> Any:
