@@ -20,6 +20,7 @@ from dmin.collect import CollectSummary, collect, prepare
 from dmin.index import IndexParams, build_index
 from dmin.query import QueryResult, QuerySpec, open_for_query, run_query
 from dmin.sheet import contact_sheet
+from dmin.store import Project
 
 ASSETS = Path(__file__).parent / "assets"
 MODEL = ASSETS / "digits-ddpm"
@@ -112,7 +113,6 @@ def _collect_sharded(
     from concurrent.futures import ProcessPoolExecutor
 
     from dmin.data import load_dataset
-    from dmin.store import Project
 
     records = load_dataset(data).records[:limit]
     total = len(records)
@@ -167,7 +167,7 @@ def run_demo(
     )
     summary = _collect_sharded(project_dir, data, limit, timesteps, v, workers, on_collect)
     say("indexing")
-    _, info = build_index(_project(project_dir), str(v), IndexParams())
+    _, info = build_index(Project.open(project_dir), str(v), IndexParams())
     project, qsetup = open_for_query(project_dir)
     results, labels = [], []
     report = DemoReport(str(project_dir), summary.to_dict(), info)
@@ -183,9 +183,3 @@ def run_demo(
             report.queries.append({"label": label, "seed": seed, **res.to_dict()})
     report.detection = {f"top{kk}": detection_rate(results, labels, kk) for kk in (1, 5, k)}
     return report
-
-
-def _project(path: Path):  # type: ignore[no-untyped-def]
-    from dmin.store import Project
-
-    return Project.open(path)

@@ -103,10 +103,9 @@ def build_index(
     have: set[int] = set()
     if prev is not None:
         have = set(prev.labels.tolist())
-    todo_files = [f.path for f in project.live_files("grads", v)]
     new_keys: list[str] = []
     new_vecs = []
-    for block in iter_blocks(project.root, todo_files, "sample_id", K):
+    for block in iter_blocks(project, v):
         keep = [i for i, sid in enumerate(block.keys) if rows.get(sid) is not None and rows[sid] not in have]
         if keep:
             new_keys.extend(block.keys[i] for i in keep)
@@ -357,10 +356,8 @@ def verify_indexes(project: Project, entries: list[Entry], ver: _Verifier) -> No
 def self_test_recall(project: Project, idx: LoadedIndex, queries: int = 20, k: int = 10) -> float | None:
     """Query ≥ 20 stored samples through the index; mean recall@10 against exact scoring (None if too few)."""
     v = str(idx.meta["v"])
-    K = project.identity.K
-    files = [f.path for f in project.live_files("grads", v)]
     picked: list[np.ndarray] = []
-    for block in iter_blocks(project.root, files, "sample_id", K):
+    for block in iter_blocks(project, v):
         for i in range(len(block.keys)):
             if len(picked) >= queries:
                 break

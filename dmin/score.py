@@ -49,8 +49,7 @@ def exact_scores(project: Project, v: str, query: np.ndarray) -> Scores:
     K = project.identity.K
     ids: list[str] = []
     parts = []
-    files = [project.checked(f).relative_to(project.root).as_posix() for f in project.live_files("grads", v)]
-    for block in iter_blocks(project.root, files, "sample_id", K):
+    for block in iter_blocks(project, v):
         ids.extend(block.keys)
         parts.append(block_scores(block.vecs, query))
     per_t = np.concatenate(parts) if parts else np.zeros((0, K))

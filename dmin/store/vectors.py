@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dmin.errors import IntegrityError
+from dmin.store.project import Project
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ def read_block(path: Path, key: str, K: int, with_keys: bool = True) -> VectorBl
     return VectorBlock(keys, flat.reshape(len(table) // K, K, dim), path)
 
 
-def iter_blocks(root: Path, files: list[str], key: str, K: int) -> Iterator[VectorBlock]:
-    for rel in files:
-        yield read_block(root / rel, key, K)
+def iter_blocks(project: Project, v: str, table: str = "grads", key: str = "sample_id") -> Iterator[VectorBlock]:
+    """The committed vector files of a table at v, each checked against its manifest checksum before it is read."""
+    for ref in project.live_files(table, v):
+        yield read_block(project.checked(ref), key, project.identity.K)
