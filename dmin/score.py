@@ -1,9 +1,10 @@
 """Exact influence: Σ_k ⟨c_k(train), c_k(query)⟩ for every committed training sample (DESIGN §1.7).
 
-Stored vectors are read file by file through Arrow into numpy (memory-mapped, no decompression: vector columns are
-stored uncompressed) and multiplied by the query with BLAS — one pass over the data, the per-timestep breakdown
-for free. DuckDB keeps the SQL side (metadata joins, aggregation over `results`); `sql_exact_scores` gives the same
-numbers through SQL, which the tests hold equal.
+Stored vectors are numpy views of the memory-mapped Parquet pages (`store.pages`; vector columns are stored
+uncompressed and PLAIN) and are multiplied by the query in one pass (`kernels.dot`), the per-timestep breakdown
+for free; a Project kept open keeps its mappings, so later queries run at memory speed. DuckDB keeps the SQL side
+(metadata joins, aggregation over `results`); `sql_exact_scores` gives the same numbers through SQL, which the
+tests hold equal.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dmin.kernels.dot import timestep_dots
 from dmin.store.project import Project
 from dmin.store.vectors import iter_blocks
 
@@ -34,14 +36,10 @@ class Scores:
 
 
 def block_scores(vecs: np.ndarray, query: np.ndarray) -> np.ndarray:
-    """(N, K, dim) × (K, dim) → (N, K): one strided gemv per timestep, a single pass over the block."""
-    N, K, _ = vecs.shape
-    out = np.empty((N, K), dtype=np.float64)
-    q = query.astype(vecs.dtype if vecs.dtype == np.float32 else np.float32, copy=False)
-    for k in range(K):
-        rows = vecs[:, k, :]
-        out[:, k] = (rows if rows.dtype == np.float32 else rows.astype(np.float32)) @ q[k]
-    return out
+    """(N, K, dim) × (K, dim) → (N, K) float64 in one pass over the block, aligned or not (`kernels.dot`)."""
+    if vecs.dtype != np.float32:  # float16 storage: widen once per block
+        vecs = vecs.astype(np.float32)
+    return timestep_dots(vecs, query)
 
 
 def exact_scores(project: Project, v: str, query: np.ndarray) -> Scores:

@@ -17,6 +17,7 @@ import xxhash
 
 from dmin.store.paths import TMP_PREFIX
 
+_GROUP_BYTES = 1 << 30
 _CHUNK = 1 << 22
 
 
@@ -56,6 +57,10 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
 def write_parquet_atomic(path: Path, table: pa.Table) -> None:
     """Parquet tuned for vectors: uncompressed PLAIN float pages read at memory speed (DESIGN notes in README)."""
     vec_cols = [f.name for f in table.schema if pa.types.is_fixed_size_list(f.type)]
+    # One data page per row group for the vectors, so a reader maps each group's values as one contiguous view
+    # (`pages.plain_values`); groups stay under 1 GiB (a Parquet page must stay under 2 GiB).
+    row_bytes = sum(table.column(c).type.list_size * 4 for c in vec_cols)
+    group_rows = max(1, min(len(table), _GROUP_BYTES // row_bytes if row_bytes else 1 << 16))
 
     def write(tmp: Path) -> None:
         pq.write_table(
@@ -64,8 +69,9 @@ def write_parquet_atomic(path: Path, table: pa.Table) -> None:
             compression={c: ("none" if c in vec_cols else "zstd") for c in table.column_names},
             use_dictionary=[c for c in table.column_names if c not in vec_cols],
             write_statistics=[c for c in table.column_names if c not in vec_cols],
-            data_page_size=1 << 24,
-            row_group_size=max(1, min(len(table), 1 << 16)),
+            data_page_size=group_rows * max(row_bytes, 1) + (1 << 20),
+            row_group_size=group_rows,
+            data_page_version="2.0",  # levels apart from values, and ~20% faster to write nested lists
         )
 
     write_atomic(path, write)

@@ -141,6 +141,7 @@ class Project:
         self._lock_depth = 0
         self._lock_fd: int | None = None
         self._verified: set[str] = set()
+        self.blocks: dict[str, Any] = {}  # committed path -> vectors.VectorBlock, filled by vectors.iter_blocks
 
     # ---- opening -------------------------------------------------------------------------------------------
     @staticmethod
@@ -349,7 +350,7 @@ class Project:
                             "sample_id",
                             ids,
                             batch.timesteps,
-                            vec[keep],
+                            vec if len(keep) == len(batch) else vec[keep],
                             batch.norms[keep],
                             batch.losses[keep],
                             self.identity.dtype,

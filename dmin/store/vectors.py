@@ -1,4 +1,4 @@
-"""Reading stored vectors as numpy blocks, zero-copy from the memory-mapped Parquet pages where the format allows.
+"""Reading stored vectors as numpy blocks, zero-copy from the memory-mapped Parquet pages where the layout allows.
 
 Files are written with rows ordered (key, t_idx) and all K timesteps of a key consecutive, so a file's `vec` column
 reshapes to (rows / K, K, v) without sorting.
@@ -15,7 +15,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dmin.errors import IntegrityError
+from dmin.store.pages import plain_values
 from dmin.store.project import Project
+
+_MAX_KEPT = 8192  # mappings a Project keeps open (the kernel allows ~65k per process)
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,7 @@ class VectorBlock:
     keys: list[str]
     vecs: np.ndarray
     path: Path
+    mapped: bool = False  # a view of the page cache (costs no memory to keep), not a decoded copy
 
 
 def vec_values(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -34,20 +38,36 @@ def vec_values(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
 
 
 def read_block(path: Path, key: str, K: int, with_keys: bool = True) -> VectorBlock:
-    columns = [key, "vec"] if with_keys else ["vec"]
+    """A file's vectors: views of the mapped pages when the layout allows (`pages`), else decoded by Arrow."""
     try:
+        fast = plain_values(path, "vec")
+        columns = [key] if with_keys else []
+        if fast is None:
+            columns.append("vec")
         table = pq.read_table(path, columns=columns, memory_map=True)
     except (OSError, pa.ArrowException) as exc:
         raise IntegrityError(f"{path}: unreadable Parquet ({exc}); run `dmin verify`") from exc
-    dim = table.schema.field("vec").type.list_size
-    flat = vec_values(table.column("vec"))
-    if len(table) % K:
-        raise IntegrityError(f"{path}: {len(table)} rows is not a multiple of K={K}; run `dmin verify`")
+    if fast is None:
+        dim = table.schema.field("vec").type.list_size
+        flat = vec_values(table.column("vec"))
+    else:
+        flat, dim = fast
+    rows = flat.size // dim
+    if rows % K or (with_keys and len(table) != rows):
+        raise IntegrityError(f"{path}: {rows} rows is not a multiple of K={K}; run `dmin verify`")
     keys = table.column(key).to_pylist()[::K] if with_keys else []
-    return VectorBlock(keys, flat.reshape(len(table) // K, K, dim), path)
+    return VectorBlock(keys, flat.reshape(rows // K, K, dim), path, mapped=fast is not None)
 
 
 def iter_blocks(project: Project, v: str, table: str = "grads", key: str = "sample_id") -> Iterator[VectorBlock]:
-    """The committed vector files of a table at v, each checked against its manifest checksum before it is read."""
+    """The committed vector files of a table at v, each checked against its manifest checksum before it is read.
+
+    Mapped blocks are kept per Project (views of the page cache, not copies), so a process that keeps its Project
+    open scores later queries at memory speed without re-reading or re-checking the files."""
     for ref in project.live_files(table, v):
-        yield read_block(project.checked(ref), key, project.identity.K)
+        block = project.blocks.get(ref.path)
+        if block is None:
+            block = read_block(project.checked(ref), key, project.identity.K)
+            if block.mapped and len(project.blocks) < _MAX_KEPT:
+                project.blocks[ref.path] = block
+        yield block

@@ -1,0 +1,79 @@
+"""The zero-copy page reader must return exactly what Arrow decodes, or None — never something else."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from dmin.kernels.dot import timestep_dots
+from dmin.store.atomic import write_parquet_atomic
+from dmin.store.pages import plain_values
+from dmin.store.schema import vec_type
+from dmin.store.vectors import read_block
+
+
+def vec_table(rows: int, dim: int, dtype: str = "float32", seed: int = 0) -> tuple[pa.Table, np.ndarray]:
+    x = np.random.default_rng(seed).standard_normal((rows, dim)).astype(dtype)
+    ids = pa.array([f"s{i // 2:04d}" for i in range(rows)])
+    vec = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), type=vec_type(dim, dtype))
+    schema = pa.schema([pa.field("sample_id", pa.string(), nullable=False), pa.field("vec", vec.type, nullable=False)])
+    return pa.table({"sample_id": ids, "vec": vec}, schema=schema), x
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},  # dmin's own writer
+        {"compression": "none", "use_dictionary": False, "data_page_version": "1.0"},
+        {"compression": "none", "use_dictionary": False, "data_page_version": "2.0"},
+        {"compression": "none", "use_dictionary": False, "data_page_size": 4096, "row_group_size": 7},
+        {"compression": "none", "use_dictionary": False, "write_statistics": True, "write_page_checksum": True},
+    ],
+)
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_plain_values_equal_arrow(tmp_path: Path, options: dict, dtype: str) -> None:
+    table, x = vec_table(50, 24, dtype)
+    path = tmp_path / "a.parquet"
+    if options:
+        pq.write_table(table, path, **options)
+    else:
+        write_parquet_atomic(path, table)
+    if dtype == "float16":  # HALF is not a Parquet physical type the fast path knows: Arrow decodes it
+        assert plain_values(path, "vec") is None
+    else:
+        got = plain_values(path, "vec")
+        assert got is not None
+        flat, dim = got
+        assert dim == 24
+        if not options:  # dmin's layout: one page per group, so a read-only view of the mapping, not a copy
+            assert not flat.flags.writeable and not flat.flags.owndata
+        np.testing.assert_array_equal(flat.reshape(50, 24), x)
+    block = read_block(path, "sample_id", K=2)
+    assert block.keys == [f"s{i:04d}" for i in range(25)]
+    np.testing.assert_array_equal(block.vecs.reshape(50, 24), x)
+
+
+@pytest.mark.parametrize("options", [{}, {"compression": "zstd"}, {"compression": "none"}])
+def test_layouts_the_fast_path_cannot_map_fall_back(tmp_path: Path, options: dict) -> None:
+    table, x = vec_table(20, 8)
+    path = tmp_path / "b.parquet"
+    pq.write_table(table, path, **options)  # dictionary encoding or compression: Arrow must decode
+    assert plain_values(path, "vec") is None
+    block = read_block(path, "sample_id", K=2)
+    assert not block.mapped
+    np.testing.assert_array_equal(block.vecs.reshape(20, 8), x)
+
+
+def test_unaligned_views_score_like_aligned_copies(tmp_path: Path) -> None:
+    x = np.random.default_rng(3).standard_normal((6, 3, 40)).astype(np.float32)
+    q = np.random.default_rng(4).standard_normal((3, 40)).astype(np.float32)
+    want = np.einsum("nkd,kd->nk", x.astype(np.float64), q.astype(np.float64))
+    for offset in range(4):
+        raw = b"\0" * offset + x.tobytes()  # page values start wherever the header ends
+        view = np.frombuffer(raw, dtype=np.float32, offset=offset).reshape(6, 3, 40)
+        assert view.flags.aligned == (offset == 0)
+        np.testing.assert_allclose(timestep_dots(view, q), want, rtol=1e-5, atol=1e-5)
