@@ -77,12 +77,16 @@ def run(n: int, v: int, queries: int, ef: int, root: Path) -> dict[str, Any]:
     qs = unit(
         centers[rng.integers(0, len(centers), queries)] + 0.7 * rng.standard_normal((queries, K, v), dtype=np.float32)
     ).astype(np.float32)
+    knn(project, idx, qs[0], 10, ef=ef)  # load the compiled re-rank kernel once (a per-process cost, ~0.3 s)
     lat, recall = [], []
     exact_times = []
-    for q in qs:
+    found = []
+    for q in qs:  # kNN queries back to back, as a browsing session issues them; exact scans come after
         t = time.perf_counter()
         got, _, _ = knn(project, idx, q, 10, ef=ef)
         lat.append((time.perf_counter() - t) * 1000)
+        found.append(got)
+    for q, got in zip(qs, found, strict=True):
         t = time.perf_counter()
         ex = exact_scores(project, str(v), q)
         want = {ex.ids[i] for i in ex.top(10)}

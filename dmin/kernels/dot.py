@@ -22,9 +22,29 @@ def _dots(vecs, query, out):  # pragma: no cover - compiled
             out[i, k] = acc
 
 
+@njit(cache=True, nogil=True, parallel=True, fastmath=True)
+def _row_dots(vecs, rows, query, out):  # pragma: no cover - compiled
+    _, K, dim = vecs.shape
+    for r in prange(rows.shape[0]):
+        i = rows[r]
+        for k in range(K):
+            acc = 0.0
+            for j in range(dim):
+                acc += np.float64(vecs[i, k, j]) * np.float64(query[k, j])
+            out[r, k] = acc
+
+
 def timestep_dots(vecs: np.ndarray, query: np.ndarray) -> np.ndarray:
     """(N, K, dim) float32 × (K, dim) → (N, K) float64: Σ_j vecs[n, k, j] · query[k, j]."""
     out = np.empty(vecs.shape[:2], dtype=np.float64)
     if vecs.size:
         _dots(vecs, np.ascontiguousarray(query, dtype=np.float32), out)
+    return out
+
+
+def timestep_dots_rows(vecs: np.ndarray, rows: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """Like timestep_dots over vecs[rows] only, reading the rows in place (no gathered copy): kNN re-ranking."""
+    out = np.empty((len(rows), vecs.shape[1]), dtype=np.float64)
+    if len(rows):
+        _row_dots(vecs, np.ascontiguousarray(rows, dtype=np.int64), np.ascontiguousarray(query, dtype=np.float32), out)
     return out
