@@ -1,8 +1,8 @@
 """HNSW index over each sample's K per-timestep vectors concatenated (inner-product space), labels = row_id.
 
 For v > GRAPH_V the graph is built over vectors folded to GRAPH_V (dim K·GRAPH_V: ~10× cheaper per distance) and
-its candidates are re-ranked exactly at v from a row-aligned float32 copy of the vectors kept beside the graph
-(`vectors.npy`, memory-mapped). Scores are therefore true inner products at v, never hnswlib distances.
+its candidates are re-ranked exactly at v in place, from the committed grads files' mapped pages (no second copy
+of the vectors on disk). Scores are therefore true inner products at v, never hnswlib distances.
 
 Each build is a new folder index/v=V/bNNNNNN committed through the manifest, superseding the previous build, so a
 build killed at any instant leaves the previous index valid. The index binary is checksummed before hnswlib loads
@@ -31,7 +31,7 @@ from dmin.score import exact_scores
 from dmin.store import paths
 from dmin.store.atomic import file_checksum, write_atomic, write_bytes_atomic, write_parquet_atomic
 from dmin.store.project import Entry, Project
-from dmin.store.vectors import iter_blocks
+from dmin.store.vectors import VectorBlock, iter_blocks
 
 if TYPE_CHECKING:
     from dmin.verify import _Verifier
@@ -108,14 +108,14 @@ def build_index(
     new_vecs = []
     for block in iter_blocks(project, v):
         keep = [i for i, sid in enumerate(block.keys) if rows.get(sid) is not None and rows[sid] not in have]
-        if keep:
+        if keep:  # folded block by block: memory holds the graph's vectors (K·graph_v each), not the data's
             new_keys.extend(block.keys[i] for i in keep)
-            new_vecs.append(np.asarray(block.vecs[keep], dtype=np.float32))
+            new_vecs.append(graph_vectors(block.vecs[keep], graph_v))
     if prev is not None and not new_keys:
         return None, {"added": 0, "count": len(prev.labels), "build": prev.meta["build"]}
-    vecs = np.concatenate(new_vecs) if new_vecs else np.zeros((0, K, V), np.float32)
-    labels = np.asarray([rows[s] for s in new_keys], dtype=np.int64)
     dim = K * graph_v
+    vecs = np.concatenate(new_vecs) if new_vecs else np.zeros((0, dim), np.float32)
+    labels = np.asarray([rows[s] for s in new_keys], dtype=np.int64)
     total = len(labels) + (len(prev.labels) if prev else 0)
     graph = hnswlib.Index(space="ip", dim=dim)
     if prev is not None:
@@ -125,7 +125,7 @@ def build_index(
     graph.set_num_threads(params.threads or max(1, torch.get_num_threads()))
     step = 2048
     for lo in range(0, len(labels), step):
-        graph.add_items(graph_vectors(vecs[lo : lo + step], graph_v), labels[lo : lo + step])
+        graph.add_items(vecs[lo : lo + step], labels[lo : lo + step])
         if progress:
             progress(min(lo + step, len(labels)), len(labels))
     build = (prev.meta["build"] + 1) if prev else _next_build(project, v)
@@ -150,12 +150,6 @@ def build_index(
         pa.table({"row_id": pa.array(all_labels, pa.int64()), "sample_id": pa.array(all_ids, pa.string())}),
     )
     files = [("index", v, folder / "hnsw.bin"), ("index_labels", v, folder / "labels.parquet")]
-    if graph_v != V:
-        flat = vecs.reshape(len(labels), K * V)
-        if prev is not None and prev.rerank is not None:
-            flat = np.concatenate([np.asarray(prev.rerank), flat])
-        write_atomic(folder / "vectors.npy", lambda tmp: _save_npy(tmp, flat))
-        files.append(("index_vectors", v, folder / "vectors.npy"))
     info = {
         "v": v,
         "graph_v": graph_v,
@@ -178,14 +172,36 @@ def build_index(
     return entry, {"added": len(labels), "count": len(all_labels), "build": build}
 
 
-def _save_npy(path: Path, arr: np.ndarray) -> None:
-    with open(path, "wb") as f:
-        np.save(f, arr)
-
-
 def _next_build(project: Project, v: str) -> int:
     builds = [e.meta.get("build", 0) for e in project.entries() if e.kind == "index" and e.meta.get("v") == v]
     return max(builds, default=0) + 1
+
+
+@dataclass
+class RowSource:
+    """Where each sample's vectors at v lie in the committed grads files: re-ranking reads them in place."""
+
+    blocks: list[VectorBlock]
+    where: dict[str, tuple[int, int]]  # sample_id → (block, row)
+
+    @classmethod
+    def of(cls, project: Project, v: str) -> RowSource:
+        blocks = list(iter_blocks(project, v))
+        where = {sid: (b, i) for b, block in enumerate(blocks) for i, sid in enumerate(block.keys)}
+        return cls(blocks, where)
+
+    def dots(self, sample_ids: list[str], query: np.ndarray) -> np.ndarray:
+        """(len(sample_ids), K) per-timestep inner products with the query, file by file."""
+        out = np.empty((len(sample_ids), query.shape[0]), dtype=np.float64)
+        spots = np.asarray([self.where[s] for s in sample_ids], dtype=np.int64).reshape(-1, 2)
+        for b in np.unique(spots[:, 0]):
+            at = np.flatnonzero(spots[:, 0] == b)
+            vecs = self.blocks[int(b)].vecs
+            if vecs.dtype == np.float32:
+                out[at] = timestep_dots_rows(vecs, spots[at, 1], query)
+            else:  # float16 storage: widen the few rows needed
+                out[at] = timestep_dots(vecs[spots[at, 1]].astype(np.float32), query)
+        return out
 
 
 @dataclass
@@ -195,10 +211,10 @@ class LoadedIndex:
     meta: dict[str, Any]
     labels: np.ndarray
     sample_ids: list[str]
-    rerank: np.ndarray | None
     graph: Any = None
     missing: int | None = None  # committed samples the index lacks, computed once per load
-    pos_of: dict[int, int] | None = None  # row_id → position in labels / rerank rows
+    pos_of: dict[int, int] | None = None  # row_id → position in labels
+    rows: RowSource | None = None  # the vectors at v, for re-ranking (when the graph is over a fold)
 
 
 def current_index(project: Project, v: str) -> LoadedIndex | None:
@@ -224,10 +240,7 @@ def current_index(project: Project, v: str) -> LoadedIndex | None:
             f"index for v={v} was built for a different identity; rebuild with `dmin index --v {v} --rebuild`"
         )
     labels = labels_table.column("row_id").to_numpy()
-    rerank = None
-    if "index_vectors" in by_table:
-        rerank = np.load(project.checked(by_table["index_vectors"]), mmap_mode="r")
-    return LoadedIndex(entry, folder, meta, labels, labels_table.column("sample_id").to_pylist(), rerank)
+    return LoadedIndex(entry, folder, meta, labels, labels_table.column("sample_id").to_pylist())
 
 
 def load_graph(project: Project, idx: LoadedIndex) -> Any:
@@ -276,23 +289,27 @@ def knn(
     k = min(k, count)
     if k == 0:
         return [], np.zeros(0), np.zeros((0, K))
-    want = min(count, k * RERANK_FACTOR if idx.rerank is not None else k)
+    rerank = graph_v != V
+    want = min(count, k * RERANK_FACTOR if rerank else k)
     graph.set_ef(max(ef, want))
     gq = graph_vectors(query[None].astype(np.float32), graph_v)
     labels, _ = graph.knn_query(gq, k=want)
     labels = labels[0].astype(np.int64)
     if idx.pos_of is None:
         idx.pos_of = {int(r): i for i, r in enumerate(idx.labels)}
-    pos = np.asarray([idx.pos_of[int(r)] for r in labels])
-    if idx.rerank is not None:
-        order_pos = np.sort(pos)  # ascending rows: the re-rank reads the mapped file front to back
-        per_t = timestep_dots_rows(idx.rerank.reshape(-1, K, V), order_pos, query)
+    pos = np.sort([idx.pos_of[int(r)] for r in labels])  # ties go to the earlier row, as in exact scoring
+    ids = [idx.sample_ids[int(p)] for p in pos]
+    if rerank:
+        if idx.rows is None:
+            idx.rows = RowSource.of(project, str(V))
+        per_t = idx.rows.dots(ids, query)
     else:
-        order_pos = pos
-        per_t = timestep_dots(graph.get_items(labels, return_type="numpy").reshape(-1, K, graph_v), query)
+        by_label = dict(zip(labels.tolist(), graph.get_items(labels, return_type="numpy"), strict=True))
+        cand = np.stack([by_label[int(idx.labels[p])] for p in pos]).reshape(-1, K, graph_v)
+        per_t = timestep_dots(np.ascontiguousarray(cand, dtype=np.float32), query)
     total = per_t.sum(1)
-    best = np.lexsort((order_pos, -total))[:k]
-    return [idx.sample_ids[int(order_pos[i])] for i in best], total[best], per_t[best]
+    best = np.lexsort((pos, -total))[:k]
+    return [ids[int(i)] for i in best], total[best], per_t[best]
 
 
 def verify_indexes(project: Project, entries: list[Entry], ver: _Verifier) -> None:

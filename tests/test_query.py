@@ -60,7 +60,7 @@ def clustered(tmp_path_factory: pytest.TempPathFactory) -> tuple[Project, np.nda
 def test_knn_recall_against_exact_on_clustered_data(clustered: tuple[Project, np.ndarray]) -> None:
     p, queries = clustered
     idx = current_index(p, "1024")
-    assert idx is not None and idx.rerank is not None  # graph over v=256 folds, exact re-rank at 1024
+    assert idx is not None and idx.meta["graph_v"] == 256  # graph over v=256 folds, exact re-rank at 1024
     recall = []
     for q in queries:
         ex = exact_scores(p, "1024", q)

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 _DATA_PAGE, _DICTIONARY_PAGE, _DATA_PAGE_V2 = 0, 2, 3
 _PLAIN = 0
 _UNCOMPRESSED = "UNCOMPRESSED"
-_DTYPES: dict[str, np.dtype] = {"FLOAT": np.dtype("<f4")}  # float16 vectors (HALF) are decoded by Arrow
+_DTYPES: dict[str, np.dtype] = {"FLOAT": np.dtype("<f4")}
 
 
 class _Unsupported(Exception):
@@ -124,7 +124,10 @@ def _plain_values(path: Path, column: str) -> tuple[np.ndarray, int]:
     if dim is None or len(leaves) != 1:
         raise _Unsupported("not a fixed_size_list column")
     leaf = leaves[0]
-    dtype = _DTYPES.get(pf.schema.column(leaf).physical_type)
+    col = pf.schema.column(leaf)
+    dtype = _DTYPES.get(col.physical_type)
+    if col.physical_type == "FIXED_LEN_BYTE_ARRAY" and col.length == 2 and str(col.logical_type) == "Float16":
+        dtype = np.dtype("<f2")  # PLAIN FIXED_LEN_BYTE_ARRAY values are the raw halves, back to back
     if dtype is None:
         raise _Unsupported("not float")
     size = path.stat().st_size
