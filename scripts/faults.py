@@ -74,7 +74,9 @@ class Env:
         self.other_model = tiny.ddpm(root / "other", conditional=False)
         self.data = tiny.digits_folder(root / "data", count=12)
         self.ref = root / "ref"
+        start = time.perf_counter()
         r = run(["collect", str(self.ref), "--model", str(self.model), "--data", str(self.data), *COLLECT])
+        self.collect_seconds = time.perf_counter() - start  # kill instants are drawn over a whole run
         assert r.returncode == 0, r.stderr
         self.ref_rows = snapshot(self.ref)
 
@@ -96,7 +98,7 @@ def kill_collect(env: Env, trials: int, rng: random.Random) -> dict[str, Any]:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        time.sleep(rng.uniform(0.5, 6.0))
+        time.sleep(rng.uniform(0.1, env.collect_seconds))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         ok = True
@@ -196,7 +198,11 @@ def _damage(path: Path, how: str, donor: Path | None, rng: random.Random) -> Non
         shutil.copyfile(donor, path)
 
 
-def corruption(env: Env, rng: random.Random) -> dict[str, Any]:
+HOWS = ("truncate", "flip", "delete", "swap")
+
+
+def corruption(env: Env, rng: random.Random, only: set[tuple[str, str]] | None = None) -> dict[str, Any]:
+    """Every (file kind, damage) pair, or just those in `only`."""
     base = env.fresh("corrupt-base")
     shutil.copytree(env.ref, base)
     img = env.data / "0001.png"
@@ -237,7 +243,9 @@ def corruption(env: Env, rng: random.Random) -> dict[str, Any]:
     trials = passed = 0
     detail: dict[str, str] = {}
     for kind in files(base):
-        for how in ("truncate", "flip", "delete", "swap"):
+        for how in HOWS:
+            if only is not None and (kind, how) not in only:
+                continue
             project = env.fresh("corrupt")
             shutil.copytree(base, project)
             target = files(project)[kind]

@@ -67,9 +67,9 @@ class _Compact:
             last = fid
             fields[fid] = self.value(kind)
 
-    def value(self, kind: int) -> object:
-        if kind in (1, 2):  # bool true / false live in the type nibble
-            return kind == 1
+    def value(self, kind: int, in_list: bool = False) -> object:
+        if kind in (1, 2):  # a field's bool lives in its type nibble; a list's bools take a byte each
+            return self.byte() == 1 if in_list else kind == 1
         if kind == 3:
             return self.byte()
         if kind in (4, 5, 6):
@@ -85,15 +85,15 @@ class _Compact:
             head = self.byte()
             size = head >> 4 if head >> 4 != 15 else self.varint()
             for _ in range(size):
-                self.value(head & 0x0F)
+                self.value(head & 0x0F, in_list=True)
             return None
         if kind == 11:
             size = self.varint()
             if size:
                 types = self.byte()
                 for _ in range(size):
-                    self.value(types >> 4)
-                    self.value(types & 0x0F)
+                    self.value(types >> 4, in_list=True)
+                    self.value(types & 0x0F, in_list=True)
             return None
         if kind == 12:
             return self.struct()
@@ -112,7 +112,7 @@ def plain_values(path: Path, column: str) -> tuple[np.ndarray, int] | None:
     the file is not in the uncompressed-PLAIN layout (the caller then reads it through Arrow)."""
     try:
         return _plain_values(path, column)
-    except (_Unsupported, IndexError, KeyError, ValueError):
+    except (_Unsupported, IndexError, KeyError, ValueError, RecursionError):  # damaged bytes: let Arrow judge
         return None
 
 
