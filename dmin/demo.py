@@ -7,6 +7,7 @@ Every step resumes: a second run reuses the project and finishes in seconds.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,34 +28,55 @@ MODEL = ASSETS / "digits-ddpm"
 SIZE = 16
 
 
-def write_digits(folder: Path, limit: int | None = None) -> Path:
-    """scikit-learn's bundled digits as 16×16 PNGs with metadata.jsonl (label, text, subset); idempotent."""
+LORA = ASSETS / "digits-lora"
+
+
+@functools.cache
+def _digits() -> Any:
     from sklearn.datasets import load_digits
 
+    return load_digits()
+
+
+def digit_pixels(i: int, inverted: bool = False) -> np.ndarray:
+    """Digit i of scikit-learn's set as 16×16 uint8 (nearest upscale); inverted: white background, dark strokes."""
+    pixels = (_digits().images[i] * 255 / 16).astype(np.uint8).repeat(2, 0).repeat(2, 1)
+    return 255 - pixels if inverted else pixels
+
+
+def lora_samples() -> list[tuple[int, int, str]]:
+    """The LoRA's mixed training set, (digit index, label, subset): 300 digits as drawn ("base") and 300 others
+    inverted ("inverted", a style the base model never saw) — the paper's LoRA-on-a-mixed-dataset setting."""
+    target = _digits().target
+    base = [(i, int(target[i]), "base") for i in range(3, 1797, 6)][:300]
+    inverted = [(i, int(target[i]), "inverted") for i in range(0, 1797, 6)][:300]
+    return base + inverted
+
+
+def write_digits(folder: Path, limit: int | None = None, lora: bool = False) -> Path:
+    """The digits as 16×16 PNGs with metadata.jsonl (label, text, subset); idempotent. lora: the LoRA's mixed
+    training set (`lora_samples`) instead of all 1797."""
     meta = folder / "metadata.jsonl"
     if meta.is_file():
         return folder
-    d = load_digits()
     folder.mkdir(parents=True, exist_ok=True)
+    target = _digits().target
+    # digit order (the LoRA's two subsets interleave), so any --limit takes both
+    chosen = sorted(lora_samples()) if lora else [(i, int(target[i]), "base") for i in range(len(target))]
     lines = []
-    count = len(d.images) if limit is None else min(limit, len(d.images))
-    for i in range(count):
-        pixels = (d.images[i] * 255 / 16).astype(np.uint8).repeat(2, 0).repeat(2, 1)
-        Image.fromarray(pixels, "L").save(folder / f"{i:04d}.png")
-        lines.append(
-            json.dumps(
-                {
-                    "file_name": f"{i:04d}.png",
-                    "label": int(d.target[i]),
-                    "text": f"digit {int(d.target[i])}",
-                    "subset": "base",
-                }
-            )
-        )
+    for i, label, subset in chosen[:limit]:
+        name = f"{i:04d}.png"
+        Image.fromarray(digit_pixels(i, subset == "inverted"), "L").save(folder / name)
+        lines.append(json.dumps({"file_name": name, "label": label, "text": f"digit {label}", "subset": subset}))
     tmp = folder / ".metadata.jsonl.tmp"
     tmp.write_text("\n".join(lines) + "\n")
     tmp.replace(meta)
     return folder
+
+
+def style(image: Image.Image) -> str:
+    """The subset a digit image looks drawn in: inverted digits are dark strokes on a white background."""
+    return "inverted" if float(np.median(np.asarray(image.convert("L")))) > 127 else "base"
 
 
 @dataclass
@@ -77,23 +99,25 @@ class DemoReport:
         }
 
 
-def detection_rate(results: list[QueryResult], labels: list[int], k: int) -> float:
-    """Fraction of the top-k samples whose label equals the query's, over all queries."""
+def detection_rate(results: list[QueryResult], wanted: list[Any], k: int, column: str = "label") -> float:
+    """Fraction of the top-k samples whose `column` equals the query's wanted value, over all queries."""
     hits = total = 0
-    for res, label in zip(results, labels, strict=True):
+    for res, want in zip(results, wanted, strict=True):
         top = res.results[:k]
-        hits += sum(1 for r in top if r.get("label") == label)
+        hits += sum(1 for r in top if r.get(column) == want)
         total += len(top)
     return hits / max(1, total)
 
 
-def _collect_worker(project_dir: Path, data: Path, limit: int | None, timesteps: int, v: int, shard: str) -> dict:
+def _collect_worker(
+    project_dir: Path, data: Path, limit: int | None, timesteps: int, v: int, shard: str, lora: bool
+) -> dict:
     import numba
     import torch
 
     torch.set_num_threads(1)
     numba.set_num_threads(1)
-    setup = prepare(MODEL, timesteps=timesteps, vs=[str(v)])
+    setup = prepare(MODEL, lora=LORA if lora else None, timesteps=timesteps, vs=[str(v)])
     return collect(project_dir, setup, data, limit=limit, shard_arg=shard, batch_size=32).to_dict()
 
 
@@ -105,6 +129,7 @@ def _collect_sharded(
     v: int,
     workers: int,
     on_collect: Callable[[CollectSummary], None] | None,
+    lora: bool = False,
 ) -> CollectSummary:
     """Collect with `workers` concurrent shards (the same --shard path users run on clusters), showing progress
     from the committed sample count."""
@@ -117,7 +142,7 @@ def _collect_sharded(
     records = load_dataset(data).records[:limit]
     total = len(records)
     # create the project first, so concurrent workers never race to create it
-    setup = prepare(MODEL, timesteps=timesteps, vs=[str(v)])
+    setup = prepare(MODEL, lora=LORA if lora else None, timesteps=timesteps, vs=[str(v)])
     project = Project.create(project_dir, setup.identity)
     del setup
     start = time.perf_counter()
@@ -126,7 +151,7 @@ def _collect_sharded(
     live = CollectSummary(total=total, shard=f"0..{workers - 1}/{workers}")
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
         futures = [
-            pool.submit(_collect_worker, project_dir, data, limit, timesteps, v, f"{i}/{workers}")
+            pool.submit(_collect_worker, project_dir, data, limit, timesteps, v, f"{i}/{workers}", lora)
             for i in range(workers)
         ]
         while not all(f.done() for f in futures):
@@ -155,31 +180,42 @@ def run_demo(
     k: int = 10,
     seeds: int = 1,
     workers: int = 2,
+    lora: bool = False,
     on_collect: Callable[[CollectSummary], None] | None = None,
     on_step: Callable[[str], None] | None = None,
 ) -> DemoReport:
+    """The demo; lora: the LoRA setting (bundled LoRA over its mixed base/inverted set, LoRA gradients only), where
+    detection asks whether the top-k come from the generated digit's subset, in out/lora."""
     say = on_step or (lambda _msg: None)
-    data = write_digits(out / "data", limit)
+    if lora:
+        out = out / "lora"
+    data = write_digits(out / "data", limit, lora=lora)
     project_dir = out / "project"
     say(
         f"collecting gradients ({workers} shard worker(s), one thread each: faster than one two-thread process "
         f"for a model this small)"
     )
-    summary = _collect_sharded(project_dir, data, limit, timesteps, v, workers, on_collect)
+    summary = _collect_sharded(project_dir, data, limit, timesteps, v, workers, on_collect, lora=lora)
     say("indexing")
     _, info = build_index(Project.open(project_dir), str(v), IndexParams())
     project, qsetup = open_for_query(project_dir)
-    results, labels = [], []
+    results, labels, styles = [], [], []
     report = DemoReport(str(project_dir), summary.to_dict(), info)
     for seed in range(seeds):
         for label in range(10):
             say(f"generating and attributing digit {label} (seed {seed})")
             res = run_query(project, qsetup, QuerySpec(label=label, seed=seed), k=k)
+            image = Image.open(res.image_path or "")
             results.append(res)
             labels.append(label)
+            styles.append(style(image))
             sheet = out / "sheets" / f"digit{label}-seed{seed}.png"
-            contact_sheet(project, res, Image.open(res.image_path or ""), sheet)
+            contact_sheet(project, res, image, sheet)
             report.sheets.append(str(sheet))
-            report.queries.append({"label": label, "seed": seed, **res.to_dict()})
-    report.detection = {f"top{kk}": detection_rate(results, labels, kk) for kk in (1, 5, k)}
+            extra = {"subset": styles[-1]} if lora else {}
+            report.queries.append({"label": label, "seed": seed, **extra, **res.to_dict()})
+    if lora:
+        report.detection = {f"top{kk}": detection_rate(results, styles, kk, "subset") for kk in (1, 5, k)}
+    else:
+        report.detection = {f"top{kk}": detection_rate(results, labels, kk) for kk in (1, 5, k)}
     return report

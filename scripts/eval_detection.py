@@ -1,10 +1,15 @@
 #!/usr/bin/env python
-"""Attribution quality on the digits demo: does DMin find training samples of the generated digit's class?
+"""Attribution quality on the digits demo: does DMin find the training samples that made a generated digit?
 
-Generates `--per-class` digits per class with fixed seeds from the bundled model, computes every training
-sample's and query's gradients once by the collection path (normalized and raw, uncompressed and compressed), then
-reports the detection rate — the fraction of the top-k training samples whose label equals the generated digit's —
-at k = 5 and 10 for:
+Generates `--per-class` digits per class with fixed seeds, computes every training sample's and query's gradients
+once by the collection path (normalized and raw, uncompressed and compressed), then reports the detection rate at
+k = 5 and 10: the fraction of the top-k training samples in the generated digit's group, where the group is
+  --setting base  the class: bundled DDPM, training set = the first `--train` digits;
+  --setting lora  the subset ("base" or "inverted", read off the generated image's background): the bundled LoRA
+                  (scripts/train_digits_lora.py) over its mixed training set of 300 + 300 digits, gradients of the
+                  LoRA weights only — the paper's LoRA setting in miniature; also reported: the stricter match
+                  of subset and class together.
+Methods:
   dmin exact at v ∈ {256, 1024, 4096, full}; dmin kNN (hnswlib over the concatenated K·v vectors) at each v;
   dmin without L2 normalization (ablation); random; pixel-space nearest neighbours (image-similarity baseline).
 Plus the agreement of compressed with uncompressed scores: mean top-10 overlap and Spearman ρ per v.
@@ -23,7 +28,7 @@ import torch
 
 from dmin.collect import GradientEngine, prepare
 from dmin.compress import fold
-from dmin.demo import MODEL
+from dmin.demo import LORA, MODEL, digit_pixels, lora_samples
 
 VS = (256, 1024, 4096)
 
@@ -45,45 +50,53 @@ def main() -> None:
     ap.add_argument("--train", type=int, default=600, help="training digits used (first N of 1797)")
     ap.add_argument("--per-class", type=int, default=5, help="generated digits per class (≥ 50 queries in all)")
     ap.add_argument("--timesteps", type=int, default=5)
+    ap.add_argument("--setting", choices=["base", "lora"], default="base")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    from PIL import Image
     from sklearn.datasets import load_digits
 
     torch.manual_seed(0)
     start = time.perf_counter()
-    setup = prepare(MODEL, timesteps=args.timesteps, vs=[str(VS[-1]), "full"])
+    lora = args.setting == "lora"
+    setup = prepare(MODEL, lora=LORA if lora else None, timesteps=args.timesteps, vs=[str(VS[-1]), "full"])
     fam = setup.family
     engine = GradientEngine(setup)
+    if lora:
+        train = [(digit_pixels(i, sub == "inverted"), label, sub) for i, label, sub in lora_samples()]
+    else:
+        target = load_digits().target
+        train = [(digit_pixels(i), int(target[i]), "") for i in range(min(args.train, len(target)))]
     # queries: generated digits, their gradients (full, normalized and raw) and pixels
-    q_labels, q_full, q_raw, q_pix = [], [], [], []
+    q_groups, q_classes, q_full, q_raw, q_pix = [], [], [], [], []
     for label in range(10):
         for seed in range(args.per_class):
             cond = fam.encode_condition(None, label)
             img = fam.generate(cond, seed=seed)
             x0 = fam.encode_image(img)
             vecs, norms, _ = engine.sample(x0, cond)
-            q_labels.append(label)
+            # LoRA setting: the style shows in the background (inverted digits are drawn on white)
+            q_groups.append(("inverted" if np.median(np.asarray(img)) > 127 else "base") if lora else str(label))
+            q_classes.append(f"{q_groups[-1]}/{label}")
             q_full.append(vecs["full"].astype(np.float32))
             q_raw.append((vecs["full"] * norms[:, None]).astype(np.float32))
             q_pix.append(x0.reshape(-1).numpy())
     qf = np.stack(q_full)  # (Q, K, n)
     qr = np.stack(q_raw)
     qf_flat, qr_flat = qf.reshape(len(qf), -1), qr.reshape(len(qr), -1)
-    ql = np.asarray(q_labels)
-    d = load_digits()
-    N = min(args.train, len(d.images))
-    labels = d.target[:N]
+    ql = np.asarray(q_groups)
+    N = len(train)
+    labels = np.asarray([sub if lora else str(label) for _, label, sub in train])
+    classes = np.asarray([f"{sub if lora else label}/{label}" for _, label, sub in train])
+    qc = np.asarray(q_classes)
     Q = len(ql)
     s_full = np.zeros((N, Q))
     s_raw = np.zeros((N, Q))
     comp: dict[int, list[np.ndarray]] = {v: [] for v in VS}
     pix = []
-    from PIL import Image
-
-    for i in range(N):
-        img = Image.fromarray((d.images[i] * 255 / 16).astype(np.uint8).repeat(2, 0).repeat(2, 1), "L")
-        x0 = fam.encode_image(img)
-        vecs, norms, _ = engine.sample(x0, fam.encode_condition(None, int(labels[i])))
+    for i, (pixels, label, _) in enumerate(train):
+        x0 = fam.encode_image(Image.fromarray(pixels, "L"))
+        vecs, norms, _ = engine.sample(x0, fam.encode_condition(None, label))
         full = vecs["full"].astype(np.float32)
         s_full[i] = qf_flat @ full.reshape(-1)
         s_raw[i] = qr_flat @ (full * norms[:, None].astype(np.float32)).reshape(-1)
@@ -130,8 +143,12 @@ def main() -> None:
     ).T
     for name, scores in methods.items():
         results[name] = {f"top{k}": detection(scores, labels, ql, k) for k in (5, 10)}
+        if lora:  # stricter: the same subset and the same class
+            results[name].update({f"top{k}_subset_and_class": detection(scores, classes, qc, k) for k in (5, 10)})
     out = {
+        "setting": args.setting,
         "train": int(N),
+        "query_groups": {g: int((ql == g).sum()) for g in sorted(set(ql.tolist()))} if lora else None,
         "queries": int(Q),
         "timesteps": args.timesteps,
         "n_params": setup.identity.n,
@@ -140,9 +157,11 @@ def main() -> None:
         "seconds": round(time.perf_counter() - start, 1),
     }
     if not args.json:
-        print(f"{'method':<30} {'top-5':>7} {'top-10':>7}")
+        extra = "  subset+class top-5 / top-10" if lora else ""
+        print(f"{'method':<30} {'top-5':>7} {'top-10':>7}{extra}")
         for name, r in results.items():
-            print(f"{name:<30} {r['top5']:>7.3f} {r['top10']:>7.3f}")
+            both = f"  {r['top5_subset_and_class']:>7.3f} {r['top10_subset_and_class']:>7.3f}" if lora else ""
+            print(f"{name:<30} {r['top5']:>7.3f} {r['top10']:>7.3f}{both}")
         for v, a in agreement.items():
             print(f"agreement {v}: top-10 overlap {a['top10_overlap']:.3f}, Spearman {a['spearman']:.3f}")
     print(json.dumps(out))
