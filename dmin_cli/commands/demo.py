@@ -42,7 +42,10 @@ def demo_cmd(
             if not json_out:
                 render.err.print(f"[dim]· {msg}[/dim]")
 
-        report = run_demo(out, limit=limit, timesteps=timesteps, k=k, lora=lora, on_collect=update, on_step=step)
+        seeds = 3 if lora else 1  # the LoRA draws both styles; three seeds per class show both
+        report = run_demo(
+            out, limit=limit, timesteps=timesteps, k=k, seeds=seeds, lora=lora, on_collect=update, on_step=step
+        )
     if json_out:
         render.print_json(report.to_dict())
         return
