@@ -30,7 +30,7 @@ from dmin.collect import GradientEngine, prepare
 from dmin.compress import fold
 from dmin.demo import LORA, MODEL, digit_pixels, lora_samples
 
-VS = (256, 1024, 4096)
+VS = (256, 1024, 4096)  # the v's; --vs adds larger ones (each a power of two)
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -51,6 +51,7 @@ def main() -> None:
     ap.add_argument("--per-class", type=int, default=5, help="generated digits per class (≥ 50 queries in all)")
     ap.add_argument("--timesteps", type=int, default=5)
     ap.add_argument("--setting", choices=["base", "lora"], default="base")
+    ap.add_argument("--vs", type=int, nargs="+", default=list(VS), help="compressed v's (powers of two)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     from PIL import Image
@@ -59,7 +60,8 @@ def main() -> None:
     torch.manual_seed(0)
     start = time.perf_counter()
     lora = args.setting == "lora"
-    setup = prepare(MODEL, lora=LORA if lora else None, timesteps=args.timesteps, vs=[str(VS[-1]), "full"])
+    vs = tuple(sorted(set(args.vs)))
+    setup = prepare(MODEL, lora=LORA if lora else None, timesteps=args.timesteps, vs=[str(vs[-1]), "full"])
     fam = setup.family
     engine = GradientEngine(setup)
     if lora:
@@ -92,7 +94,7 @@ def main() -> None:
     Q = len(ql)
     s_full = np.zeros((N, Q))
     s_raw = np.zeros((N, Q))
-    comp: dict[int, list[np.ndarray]] = {v: [] for v in VS}
+    comp: dict[int, list[np.ndarray]] = {v: [] for v in vs}
     pix = []
     for i, (pixels, label, _) in enumerate(train):
         x0 = fam.encode_image(Image.fromarray(pixels, "L"))
@@ -100,21 +102,21 @@ def main() -> None:
         full = vecs["full"].astype(np.float32)
         s_full[i] = qf_flat @ full.reshape(-1)
         s_raw[i] = qr_flat @ (full * norms[:, None].astype(np.float32)).reshape(-1)
-        big = torch.from_numpy(vecs[str(VS[-1])])
-        for v in VS:
-            comp[v].append(fold(big, v).numpy() if v != VS[-1] else vecs[str(v)])
+        big = torch.from_numpy(vecs[str(vs[-1])])
+        for v in vs:
+            comp[v].append(fold(big, v).numpy() if v != vs[-1] else vecs[str(v)])
         pix.append(x0.reshape(-1).numpy())
     engine.close()
     q_comp = {
         v: np.stack(
             [setup.compressor.compress(torch.from_numpy(r).double(), v).numpy() for q in qf for r in q]
         ).reshape(Q, args.timesteps, v)
-        for v in VS
+        for v in vs
     }
     results: dict[str, Any] = {}
     methods: dict[str, np.ndarray] = {"dmin_exact_full": s_full, "dmin_no_normalization_full": s_raw}
     agreement = {}
-    for v in VS:
+    for v in vs:
         train_v = np.stack(comp[v])  # (N, K, v)
         s_v = np.einsum("nkv,qkv->nq", train_v, q_comp[v])
         methods[f"dmin_exact_v{v}"] = s_v

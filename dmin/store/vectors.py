@@ -37,26 +37,18 @@ def vec_values(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return arr.values.to_numpy(zero_copy_only=False)
 
 
-def read_block(path: Path, key: str, K: int, with_keys: bool = True) -> VectorBlock:
+def read_block(path: Path, key: str, K: int) -> VectorBlock:
     """A file's vectors: views of the mapped pages when the layout allows (`pages`), else decoded by Arrow."""
     try:
         fast = plain_values(path, "vec")
-        columns = [key] if with_keys else []
-        if fast is None:
-            columns.append("vec")
-        table = pq.read_table(path, columns=columns, memory_map=True)
+        table = pq.read_table(path, columns=[key] if fast else [key, "vec"], memory_map=True)
     except (OSError, pa.ArrowException) as exc:
         raise IntegrityError(f"{path}: unreadable Parquet ({exc}); run `dmin verify`") from exc
-    if fast is None:
-        dim = table.schema.field("vec").type.list_size
-        flat = vec_values(table.column("vec"))
-    else:
-        flat, dim = fast
+    flat, dim = fast or (vec_values(table.column("vec")), table.schema.field("vec").type.list_size)
     rows = flat.size // dim
-    if rows % K or (with_keys and len(table) != rows):
-        raise IntegrityError(f"{path}: {rows} rows is not a multiple of K={K}; run `dmin verify`")
-    keys = table.column(key).to_pylist()[::K] if with_keys else []
-    return VectorBlock(keys, flat.reshape(rows // K, K, dim), path, mapped=fast is not None)
+    if rows % K or len(table) != rows:
+        raise IntegrityError(f"{path}: {len(table)} rows, {rows} vectors, K={K}: inconsistent; run `dmin verify`")
+    return VectorBlock(table.column(key).to_pylist()[::K], flat.reshape(rows // K, K, dim), path, fast is not None)
 
 
 def iter_blocks(project: Project, v: str, table: str = "grads", key: str = "sample_id") -> Iterator[VectorBlock]:
