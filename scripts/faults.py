@@ -125,7 +125,7 @@ def kill_other(env: Env, trials: int, rng: random.Random) -> dict[str, Any]:
     assert run(["index", str(base), "--v", "64"]).returncode == 0
     img = env.data / "0000.png"
     for trial in range(trials):
-        project = env.fresh("other")
+        project = env.fresh("other-project")  # not "other": that is the other model's folder
         shutil.copytree(base, project)
         cmd = [
             ["index", str(project), "--v", "64", "--rebuild"],
@@ -457,10 +457,12 @@ def main() -> None:
             if args.only and name not in args.only:
                 continue
             t = time.perf_counter()
-            out[name] = fn()
+            try:
+                out[name] = fn()
+            except Exception as exc:  # a harness failure is a failed line, never a lost run
+                out[name] = {"trials": 1, "passed": 0, "detail": f"harness error: {type(exc).__name__}: {exc}"}
             out[name]["seconds"] = round(time.perf_counter() - t, 1)
-            if not args.json:
-                print(f"{name}: {out[name]['passed']}/{out[name]['trials']}", file=sys.stderr)
+            print(f"{name}: {out[name]['passed']}/{out[name]['trials']} {json.dumps(out[name])}", file=sys.stderr)
     print(json.dumps(out))
 
 
