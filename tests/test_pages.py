@@ -77,7 +77,7 @@ def test_unaligned_views_score_like_aligned_copies(tmp_path: Path) -> None:
 
 
 def test_damaged_page_headers_never_hang_or_crash(tmp_path: Path) -> None:
-    table, x = vec_table(30, 16)
+    table, _ = vec_table(30, 16)
     good = tmp_path / "good.parquet"
     write_parquet_atomic(good, table)
     data = good.read_bytes()

@@ -41,6 +41,16 @@ def test_identity_is_sorted_json_and_mismatch_shows_diff(small_project: Project)
         Project.create(small_project.root, make_identity(noise_seed=1))
 
 
+def test_vectors_of_the_first_compressor_are_never_compared_with_new_ones(small_project: Project) -> None:
+    path = small_project.root / "dmin.json"
+    raw = json.loads(path.read_text())
+    del raw["compressor"]  # written before dmin.json named its compressor: the grouped-runs F
+    path.write_text(json.dumps(raw))
+    assert Project.open(small_project.root).identity.compressor == "runs8-grouped"
+    with pytest.raises(IdentityMismatch, match="compressor"):
+        Project.open(small_project.root, expect=make_identity())
+
+
 def test_newer_schema_version_is_refused(small_project: Project) -> None:
     path = small_project.root / "dmin.json"
     raw = json.loads(path.read_text())

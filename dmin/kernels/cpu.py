@@ -1,9 +1,9 @@
 """numba kernel: F, s and the group-sum fused in one pass over a gradient chunk, no temporaries.
 
-Works run by run (8 consecutive entries share one G and one S hash, dmin.hashing): for v ≤ D/8 a run is one signed
-8-term dot product added to one bucket; the ±1 patterns come from a constant 256×8 table indexed by the run's sign
-byte. The float64 buckets (v·8 bytes) stay in cache. Large chunks are split across threads, each with private
-buckets summed at the end in a fixed order.
+Works run by run (8 consecutive entries share one G and one S hash, dmin.hashing): entry r of a run lands at
+r · D/8 + G(run), so the run's 8 entries go to 8 different buckets, each signed by a row of a constant 256×8 table
+indexed by the run's sign byte. The float64 buckets (v·8 bytes) stay in cache. Large chunks are split across
+threads, each with private buckets summed at the end in a fixed order.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ SIGN_TABLE = np.array([[1.0 - 2.0 * ((b >> k) & 1) for k in range(8)] for b in r
 def _scatter_range(g, lo, hi, offset, acc, p, table):  # pragma: no cover
     mask, add, m1, m2, r1, r2, r3 = p[0], p[1], p[2], p[3], p[4], p[5], p[6]
     sadd, sm1, sm2, m62, sa, sb, sc, shift, sbit = p[7], p[8], p[9], p[10], p[11], p[12], p[13], p[14], p[15]
+    lr = p[16]  # log2(D/8): where a run's offset goes in a position
     sq = 0.0
     t = lo
     while t < hi:
@@ -43,18 +44,10 @@ def _scatter_range(g, lo, hi, offset, acc, p, table):  # pragma: no cover
         y = (y * sm2) & m62
         y ^= y >> sc
         row = table[np.int64((y >> sbit) & _U(255))]
-        if shift >= 3:
-            s = 0.0
-            for k in range(cnt):
-                val = np.float64(g[t + k])
-                sq += val * val
-                s += val * row[k0 + k]
-            acc[x >> (shift - _U(3))] += s
-        else:  # v > D/8: the run spans several buckets
-            for k in range(cnt):
-                val = np.float64(g[t + k])
-                sq += val * val
-                acc[((x << _U(3)) | _U(k0 + k)) >> shift] += val * row[k0 + k]
+        for k in range(cnt):
+            val = np.float64(g[t + k])
+            sq += val * val
+            acc[((_U(k0 + k) << lr) | x) >> shift] += val * row[k0 + k]
         t += cnt
     return sq
 
@@ -96,6 +89,7 @@ def params(keys: HashKeys, shift: int) -> np.ndarray:
             sc,
             shift,
             SIGN_BITS_AT,
+            keys.L - keys.run_bits,
         ],
         dtype=np.uint64,
     )

@@ -37,6 +37,7 @@ def _scatter_kernel(
     SC: tl.constexpr,
     SHIFT: tl.constexpr,
     SBIT: tl.constexpr,
+    LR: tl.constexpr,
     BLOCK: tl.constexpr,
 ):  # pragma: no cover
     # Scalars arrive as i32, u32 or i64 depending on their size: widen all of them first.
@@ -68,7 +69,7 @@ def _scatter_kernel(
     y = y ^ (y >> SC)
     low = i & 7
     val = tl.where(((y >> (SBIT + low)) & 1) == 1, -g, g)
-    tl.atomic_add(acc_ptr + (((x << 3) | low) >> SHIFT), val, mask=valid, sem="relaxed")
+    tl.atomic_add(acc_ptr + (((low << LR) | x) >> SHIFT), val, mask=valid, sem="relaxed")
     tl.atomic_add(sq_ptr, tl.sum(g * g, axis=0), sem="relaxed")
 
 
@@ -101,5 +102,6 @@ def scatter_add(acc: torch.Tensor, sq: torch.Tensor, g: torch.Tensor, offset: in
         SC=sc,
         SHIFT=shift,
         SBIT=SIGN_BITS_AT,
+        LR=k.L - k.run_bits,
         BLOCK=BLOCK,
     )

@@ -15,6 +15,10 @@ import xxhash
 from dmin.errors import IdentityMismatch, ProjectError, SchemaVersionError
 from dmin.store.paths import SCHEMA_VERSION
 
+# The F and s of dmin.hashing. Projects written before dmin.json named its compressor used the grouped runs.
+COMPRESSOR = "runs8-spread"
+LEGACY_COMPRESSOR = "runs8-grouped"
+
 # Fields that may change over a project's life without changing what its gradients mean.
 _MUTABLE = ("dmin_version", "vs", "model_path", "lora_path", "data_path")
 
@@ -37,6 +41,7 @@ class Identity:
     noise_seed: int = 0
     compress_seed: int = 0
     dtype: str = "float32"
+    compressor: str = COMPRESSOR
     vs: tuple[str, ...] = ()
     t_indices: tuple[int, ...] = ()
     model_path: str | None = None
@@ -91,6 +96,7 @@ class Identity:
             )
         names = {f.name for f in dataclasses.fields(cls)}
         known = {k: v for k, v in raw.items() if k in names}
+        known.setdefault("compressor", LEGACY_COMPRESSOR)
         for k in ("timesteps", "latent_shape", "collect_vs", "vs", "t_indices"):
             if k in known and isinstance(known[k], list):
                 known[k] = tuple(known[k])

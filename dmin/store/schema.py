@@ -103,6 +103,7 @@ IDENTITY_FIELDS: dict[str, str] = {
     "latent_shape": "list[int]: shape of x0 (and of the fixed noise)",
     "noise_seed": "int",
     "compress_seed": "int",
+    "compressor": "str: which F and s compressed the vectors (runs8-spread; runs8-grouped before it was recorded)",
     "collect_vs": "list[str]: the v's collect writes ('full' for uncompressed)",
     "vs": "list[str]: every v stored (collect's plus derived ones)",
     "dtype": "str: float32 | float16 vector storage",
