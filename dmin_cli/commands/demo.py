@@ -50,14 +50,15 @@ def demo_cmd(
         render.print_json(report.to_dict())
         return
     for q in report.queries:
-        rows = [
-            (r["rank"], f"{r['score']:.3f}", r.get("label"), r.get("subset"), r.get("source")) for r in q["results"][:5]
-        ]
-        drawn = f", drawn {q['subset']}" if lora else ""
+        top = q["results"][:5]
+        if lora:  # the subset each training digit came from is the point of this setting
+            rows = [(r["rank"], f"{r['score']:.3f}", r.get("label"), r.get("subset"), r.get("source")) for r in top]
+            columns, drawn = ["rank", "score", "label", "subset", "source"], f", drawn {q['subset']}"
+        else:
+            rows = [(r["rank"], f"{r['score']:.3f}", r.get("label"), r.get("source")) for r in top]
+            columns, drawn = ["rank", "score", "label", "source"], ""
         render.table(
-            f"generated digit {q['label']} (seed {q['seed']}{drawn}) — {q['method']}, v={q['v']}",
-            ["rank", "score", "label", "subset", "source"],
-            rows,
+            f"generated digit {q['label']} (seed {q['seed']}{drawn}) — {q['method']}, v={q['v']}", columns, rows
         )
     c = report.collect
     render.out.print(
