@@ -50,13 +50,10 @@ def demo_cmd(
         render.print_json(report.to_dict())
         return
     for q in report.queries:
-        top = q["results"][:5]
-        if lora:  # the subset each training digit came from is the point of this setting
-            rows = [(r["rank"], f"{r['score']:.3f}", r.get("label"), r.get("subset"), r.get("source")) for r in top]
-            columns, drawn = ["rank", "score", "label", "subset", "source"], f", drawn {q['subset']}"
-        else:
-            rows = [(r["rank"], f"{r['score']:.3f}", r.get("label"), r.get("source")) for r in top]
-            columns, drawn = ["rank", "score", "label", "source"], ""
+        # the subset each training digit came from is the point of the LoRA setting
+        columns = ["rank", "score", "label", "subset", "source"] if lora else ["rank", "score", "label", "source"]
+        rows = [(r["rank"], f"{r['score']:.3f}", *[r.get(c) for c in columns[2:]]) for r in q["results"][:5]]
+        drawn = f", drawn {q['subset']}" if lora else ""
         render.table(
             f"generated digit {q['label']} (seed {q['seed']}{drawn}) — {q['method']}, v={q['v']}", columns, rows
         )
