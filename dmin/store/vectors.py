@@ -48,7 +48,8 @@ def read_block(path: Path, key: str, K: int) -> VectorBlock:
     rows = flat.size // dim
     if rows % K or len(table) != rows:
         raise IntegrityError(f"{path}: {len(table)} rows, {rows} vectors, K={K}: inconsistent; run `dmin verify`")
-    return VectorBlock(table.column(key).to_pylist()[::K], flat.reshape(rows // K, K, dim), path, fast is not None)
+    mapped = fast is not None and not flat.flags.owndata  # several pages are joined into a copy
+    return VectorBlock(table.column(key).to_pylist()[::K], flat.reshape(rows // K, K, dim), path, mapped)
 
 
 def iter_blocks(project: Project, v: str, table: str = "grads", key: str = "sample_id") -> Iterator[VectorBlock]:
