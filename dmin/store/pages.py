@@ -162,7 +162,8 @@ def _plain_values(path: Path, column: str) -> tuple[np.ndarray, int]:
                     raise _Unsupported("v1 page not plain")
                 n = _int(v1, 1)
                 start = body
-                for _ in range(2):  # repetition then definition levels, each prefixed by its byte length
+                levels = (col.max_repetition_level > 0) + (col.max_definition_level > 0)
+                for _ in range(levels):  # repetition then definition levels, each prefixed by its byte length
                     start += 4 + int.from_bytes(buf[start : start + 4], "little")
             else:
                 raise _Unsupported("unexpected page type")
