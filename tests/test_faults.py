@@ -45,6 +45,6 @@ def test_concurrent_shards_lose_and_duplicate_nothing(env: Any) -> None:
 
 
 def test_corruption_is_caught_and_named(env: Any) -> None:
-    cases = {("grads", "flip"), ("index binary", "truncate")}  # deep-only damage; a binary hnswlib must not load
+    cases = {("grads", "flip"), ("index binary", "truncate")}  # damaged vectors; a binary hnswlib must never load
     result = faults.corruption(env, random.Random(2), only=cases)
     assert result["trials"] == len(cases) and passed_all(result), result
