@@ -45,7 +45,7 @@ def digit_pixels(i: int, inverted: bool = False) -> np.ndarray:
 
 
 def lora_samples() -> list[tuple[int, int, str]]:
-    """The LoRA's mixed training set, (digit index, label, subset): 300 digits as drawn ("base") and 300 others
+    """The LoRA's mixed training set, (digit index, label, subset): 299 digits as drawn ("base") and 300 others
     inverted ("inverted", a style the base model never saw) — the paper's LoRA-on-a-mixed-dataset setting."""
     target = _digits().target
     base = [(i, int(target[i]), "base") for i in range(3, 1797, 6)][:300]

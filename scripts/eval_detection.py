@@ -28,7 +28,7 @@ import torch
 
 from dmin.collect import GradientEngine, prepare
 from dmin.compress import fold
-from dmin.demo import LORA, MODEL, digit_pixels, lora_samples
+from dmin.demo import LORA, MODEL, digit_pixels, lora_samples, style
 
 VS = (256, 1024, 4096)  # the v's; --vs adds larger ones (each a power of two)
 
@@ -78,7 +78,7 @@ def main() -> None:
             x0 = fam.encode_image(img)
             vecs, norms, _ = engine.sample(x0, cond)
             # LoRA setting: the style shows in the background (inverted digits are drawn on white)
-            q_groups.append(("inverted" if np.median(np.asarray(img)) > 127 else "base") if lora else str(label))
+            q_groups.append(style(img) if lora else str(label))
             q_classes.append(f"{q_groups[-1]}/{label}")
             q_full.append(vecs["full"].astype(np.float32))
             q_raw.append((vecs["full"] * norms[:, None]).astype(np.float32))
