@@ -96,3 +96,17 @@ def test_damaged_page_headers_never_hang_or_crash(tmp_path: Path) -> None:
         if got is not None:
             assert got[0].size == 30 * 16
     assert True in outcomes  # some damage was noticed (the rest left the values' layout intact)
+
+
+def test_rows_too_big_for_one_page_use_split_pages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """v=full of a large model: a row over the page budget is written as v1 pages that may split it."""
+    import dmin.store.atomic as atomic
+
+    monkeypatch.setattr(atomic, "_GROUP_BYTES", 64)  # rows of 24 floats (96 bytes) are now "too big"
+    table, x = vec_table(50, 24)
+    path = tmp_path / "big.parquet"
+    write_parquet_atomic(path, table)
+    meta = pq.ParquetFile(path).metadata
+    assert meta.num_row_groups == 50  # one row per group
+    block = read_block(path, "sample_id", K=2)
+    np.testing.assert_array_equal(block.vecs.reshape(50, 24), x)

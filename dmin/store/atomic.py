@@ -57,9 +57,12 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
 def write_parquet_atomic(path: Path, table: pa.Table) -> None:
     """Parquet tuned for vectors: uncompressed PLAIN float pages read at memory speed (DESIGN notes in README)."""
     vec_cols = [f.name for f in table.schema if pa.types.is_fixed_size_list(f.type)]
-    # One data page per row group for the vectors, so a reader maps each group's values as one contiguous view
-    # (`pages.plain_values`); groups stay under 1 GiB (a Parquet page must stay under 2 GiB).
+    # One data page (v2: levels apart from values) per row group for the vectors, so a reader maps each group's
+    # values as one contiguous view (`pages.plain_values`); groups stay under 1 GiB, as a page must stay under
+    # 2 GiB. A row bigger than that (v=full of a large model) cannot be one page: v1 pages of 16 MiB may split a
+    # row, and readers join them (a copy; v=full serves exact checks, not browsing).
     row_bytes = sum(table.column(c).type.list_size * 4 for c in vec_cols)
+    one_page = row_bytes <= _GROUP_BYTES
     group_rows = max(1, min(len(table), _GROUP_BYTES // row_bytes if row_bytes else 1 << 16))
 
     def write(tmp: Path) -> None:
@@ -69,9 +72,9 @@ def write_parquet_atomic(path: Path, table: pa.Table) -> None:
             compression={c: ("none" if c in vec_cols else "zstd") for c in table.column_names},
             use_dictionary=[c for c in table.column_names if c not in vec_cols],
             write_statistics=[c for c in table.column_names if c not in vec_cols],
-            data_page_size=group_rows * max(row_bytes, 1) + (1 << 20),
+            data_page_size=group_rows * max(row_bytes, 1) + (1 << 20) if one_page else 1 << 24,
             row_group_size=group_rows,
-            data_page_version="2.0",  # levels apart from values, and ~20% faster to write nested lists
+            data_page_version="2.0" if one_page else "1.0",
         )
 
     write_atomic(path, write)
