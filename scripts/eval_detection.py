@@ -6,7 +6,7 @@ once by the collection path (normalized and raw, uncompressed and compressed), t
 k = 5 and 10: the fraction of the top-k training samples in the generated digit's group, where the group is
   --setting base  the class: bundled DDPM, training set = the first `--train` digits;
   --setting lora  the subset ("base" or "inverted", read off the generated image's background): the bundled LoRA
-                  (scripts/train_digits_lora.py) over its mixed training set of 300 + 300 digits, gradients of the
+                  (scripts/train_digits_lora.py) over its mixed training set of 299 + 300 digits, gradients of the
                   LoRA weights only — the paper's LoRA setting in miniature; also reported: the stricter match
                   of subset and class together.
 Methods:

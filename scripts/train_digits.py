@@ -24,6 +24,37 @@ def digits_tensor() -> tuple[torch.Tensor, torch.Tensor]:
     return (x * 2 - 1).unsqueeze(1), torch.tensor(d.target, dtype=torch.long)
 
 
+def train(
+    unet: UNet2DModel,
+    sched: DDPMScheduler,
+    params: list[torch.nn.Parameter],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    steps: int,
+    batch: int,
+    max_lr: float,
+) -> None:
+    """The epsilon-prediction loss on random batches, AdamW with a one-cycle schedule; fixed seeds, so a rerun
+    reproduces the weights (scripts/train_digits_lora.py trains its adapter with the same loop)."""
+    opt = torch.optim.AdamW(params, lr=max_lr)
+    lr = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=steps, pct_start=0.1)
+    gen = torch.Generator().manual_seed(0)
+    start = time.time()
+    for step in range(steps):
+        idx = torch.randint(0, len(x), (batch,), generator=gen)
+        x0, labels = x[idx], y[idx]
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, sched.config.num_train_timesteps, (batch,), generator=gen)
+        pred = unet(sched.add_noise(x0, noise, t), t, class_labels=labels).sample
+        loss = torch.nn.functional.mse_loss(pred, noise)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        lr.step()
+        if step % 100 == 0:
+            print(f"step {step} loss {loss.item():.4f} {time.time() - start:.0f}s", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default="dmin/assets/digits-ddpm")
@@ -44,23 +75,8 @@ def main() -> None:
         num_class_embeds=10,
     )
     sched = DDPMScheduler(num_train_timesteps=200, beta_schedule="squaredcos_cap_v2")
-    opt = torch.optim.AdamW(unet.parameters(), lr=2e-3)
-    lr = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=args.steps, pct_start=0.1)
-    gen = torch.Generator().manual_seed(0)
     start = time.time()
-    for step in range(args.steps):
-        idx = torch.randint(0, len(x), (args.batch,), generator=gen)
-        x0, labels = x[idx], y[idx]
-        noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(0, sched.config.num_train_timesteps, (args.batch,), generator=gen)
-        pred = unet(sched.add_noise(x0, noise, t), t, class_labels=labels).sample
-        loss = torch.nn.functional.mse_loss(pred, noise)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        lr.step()
-        if step % 100 == 0:
-            print(f"step {step} loss {loss.item():.4f} {time.time() - start:.0f}s", flush=True)
+    train(unet, sched, list(unet.parameters()), x, y, args.steps, args.batch, max_lr=2e-3)
     DDPMPipeline(unet=unet, scheduler=sched).save_pretrained(args.out, safe_serialization=True)
     print(f"saved {args.out} ({sum(p.numel() for p in unet.parameters())} parameters, {time.time() - start:.0f}s)")
 

@@ -19,6 +19,7 @@ import torch
 from diffusers import DDPMPipeline
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
 from safetensors.torch import save_file
+from train_digits import train  # the script's own folder is on sys.path
 
 from dmin.demo import LORA, MODEL, digit_pixels, lora_samples
 
@@ -45,22 +46,8 @@ def main() -> None:
     x = torch.stack([torch.from_numpy(digit_pixels(i, sub == "inverted")).float() / 127.5 - 1 for i, _, sub in samples])
     x = x.unsqueeze(1)
     y = torch.tensor([label for _, label, _ in samples])
-    opt = torch.optim.AdamW(params, lr=3e-3)
-    lr = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=args.steps, pct_start=0.1)
-    gen = torch.Generator().manual_seed(0)
     start = time.time()
-    for step in range(args.steps):
-        idx = torch.randint(0, len(x), (args.batch,), generator=gen)
-        noise = torch.randn(x[idx].shape, generator=gen)
-        t = torch.randint(0, sched.config.num_train_timesteps, (args.batch,), generator=gen)
-        pred = unet(sched.add_noise(x[idx], noise, t), t, class_labels=y[idx]).sample
-        loss = torch.nn.functional.mse_loss(pred, noise)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        lr.step()
-        if step % 100 == 0:
-            print(f"step {step} loss {loss.item():.4f} {time.time() - start:.0f}s", flush=True)
+    train(unet, sched, params, x, y, args.steps, args.batch, max_lr=3e-3)
     state = {f"unet.{k}": v.contiguous() for k, v in get_peft_model_state_dict(unet, adapter_name="default").items()}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
