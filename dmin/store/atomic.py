@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import xxhash
 
+from dmin.store import plain_parquet
 from dmin.store.paths import TMP_PREFIX
 
 _GROUP_BYTES = 1 << 30
@@ -54,8 +55,9 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     write_atomic(path, write)
 
 
-def write_parquet_atomic(path: Path, table: pa.Table) -> None:
-    """Parquet tuned for vectors: uncompressed PLAIN float pages read at memory speed (DESIGN notes in README)."""
+def write_parquet_atomic(path: Path, table: pa.Table) -> str:
+    """Parquet tuned for vectors: uncompressed PLAIN float pages read at memory speed (DESIGN notes in README).
+    Returns the file's xxh3-128 checksum (computed while writing when dmin writes the pages itself)."""
     vec_cols = [f.name for f in table.schema if pa.types.is_fixed_size_list(f.type)]
     # One data page (v2: levels apart from values) per row group for the vectors, so a reader maps each group's
     # values as one contiguous view (`pages.plain_values`); groups stay under 1 GiB, as a page must stay under
@@ -64,8 +66,21 @@ def write_parquet_atomic(path: Path, table: pa.Table) -> None:
     row_bytes = sum(table.column(c).type.list_size * 4 for c in vec_cols)
     one_page = row_bytes <= _GROUP_BYTES
     group_rows = max(1, min(len(table), _GROUP_BYTES // row_bytes if row_bytes else 1 << 16))
+    checksum = ""
 
-    def write(tmp: Path) -> None:
+    def write_plain(tmp: Path) -> None:  # grads tables: the vectors go from their buffer to the file (4× Arrow)
+        nonlocal checksum
+        h = xxhash.xxh3_128()
+        with open(tmp, "wb") as f:
+
+            def out(piece: memoryview) -> None:
+                f.write(piece)
+                h.update(piece)
+
+            plain_parquet.write(out, table, group_rows)
+        checksum = h.hexdigest()
+
+    def write_arrow(tmp: Path) -> None:
         pq.write_table(
             table,
             tmp,
@@ -76,8 +91,11 @@ def write_parquet_atomic(path: Path, table: pa.Table) -> None:
             row_group_size=group_rows,
             data_page_version="2.0" if one_page else "1.0",
         )
+        nonlocal checksum
+        checksum = file_checksum(tmp)
 
-    write_atomic(path, write)
+    write_atomic(path, write_plain if one_page and plain_parquet.supports(table) else write_arrow)
+    return checksum
 
 
 def file_checksum(path: Path) -> str:

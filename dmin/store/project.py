@@ -276,8 +276,8 @@ class Project:
             for j, (table, v, folder, data) in enumerate(tables):
                 rel = f"{folder}/{paths.part_name(seq, j)}"
                 path = self.root / rel
-                write_parquet_atomic(path, data)
-                refs.append(FileRef(rel, table, v, len(data), path.stat().st_size, file_checksum(path)))
+                checksum = write_parquet_atomic(path, data)
+                refs.append(FileRef(rel, table, v, len(data), path.stat().st_size, checksum))
             for table, v, path in extra_files:
                 rel = path.relative_to(self.root.resolve() if path.is_absolute() else self.root).as_posix()
                 rows = pq.read_metadata(path).num_rows if path.suffix == ".parquet" else 0
