@@ -2,7 +2,11 @@
 """Gradient-database speed and size against numpy, on the same synthetic vectors in one run (JSON last).
 
 write       Project.commit_samples (Parquet + manifest, fsync'd) vs np.save + fsync of the same array (the same
-            durability) → write_vs_npy; np.save left in the page cache is reported as npy_nosync_write_mb_s
+            durability) → write_vs_npy; np.save left in the page cache is reported as npy_nosync_write_mb_s.
+            The three are interleaved batch by batch (500 samples, as a collect commits them), each after os.sync():
+            this VM's disk swings 4× within seconds (a first write at 2 GB/s, the next at 400 MB/s), so writes
+            timed at different moments compare the disk's moods, not the writers'. The same pass on tmpfs
+            (/dev/shm, when there is one) gives the writers' own cost → tmpfs_write_vs_npy.
 size        bytes on disk / payload bytes → storage_overhead
 exact       dmin's exact path from the stored files (scan + top-10; median of 7, with the Project open: files
             checked and mapped once) vs numpy matmul over the vectors already in memory → exact_vs_numpy;
@@ -54,18 +58,6 @@ def main() -> None:
     payload = vecs.nbytes
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        os.sync()  # each write starts with no dirty pages of the others (the kernel throttles the one that follows)
-        t = time.perf_counter()
-        np.save(root / "vecs.npy", vecs)
-        fd = os.open(root / "vecs.npy", os.O_RDONLY)
-        os.fsync(fd)  # dmin's writes are durable (fsync'd): the fair reference
-        os.close(fd)
-        npy_s = time.perf_counter() - t
-        os.sync()
-        t = time.perf_counter()
-        np.save(root / "vecs2.npy", vecs)
-        npy_nosync_s = time.perf_counter() - t
-        os.sync()
         ident = Identity(
             model_family="bench",
             model_fingerprint="x",
@@ -94,17 +86,46 @@ def main() -> None:
                 )
             )
 
-        # A collect commits hundreds of batches; the first pays Arrow's allocator warm-up (~0.5 s here), measured
+        # A collect commits hundreds of batches; the first pays one-time costs (Arrow allocator, zstd), measured
         # apart in a throwaway project so write_mb_s is the steady state.
         t = time.perf_counter()
         commit(Project.create(root / "warmup", ident), 0, min(N, batch), "w")
         first_commit_s = time.perf_counter() - t
-        os.sync()
-        project = Project.create(root / "proj", ident)
-        t = time.perf_counter()
-        for lo in range(0, N, batch):
-            commit(project, lo, min(N, lo + batch))
-        write_s = time.perf_counter() - t
+
+        def write_pass(folder: Path) -> tuple[Project, float, float, float]:
+            """(project, dmin commit s, np.save + fsync s, np.save s) over all vectors, interleaved by batch."""
+            project = Project.create(folder / "proj", ident)
+            write_s = npy_s = npy_nosync_s = 0.0
+            for lo in range(0, N, batch):
+                hi = min(N, lo + batch)
+                os.sync()  # each write starts with no dirty pages of the others (the kernel throttles what follows)
+                t = time.perf_counter()
+                np.save(folder / f"vecs{lo}.npy", vecs[lo:hi])
+                fd = os.open(folder / f"vecs{lo}.npy", os.O_RDONLY)
+                os.fsync(fd)  # dmin's writes are durable (fsync'd): the fair reference
+                os.close(fd)
+                npy_s += time.perf_counter() - t
+                os.sync()
+                t = time.perf_counter()
+                np.save(folder / f"nosync{lo}.npy", vecs[lo:hi])
+                npy_nosync_s += time.perf_counter() - t
+                os.sync()
+                t = time.perf_counter()
+                commit(project, lo, hi)
+                write_s += time.perf_counter() - t
+            return project, write_s, npy_s, npy_nosync_s
+
+        memory: dict[str, float] = {}
+        shm = Path("/dev/shm")
+        if shm.is_dir() and os.access(shm, os.W_OK):  # the writers' own cost, without the disk's swings
+            with tempfile.TemporaryDirectory(dir=shm) as mem:
+                _, mem_write_s, mem_npy_s, _ = write_pass(Path(mem))
+            memory = {
+                "tmpfs_write_mb_s": payload / mem_write_s / 1e6,
+                "tmpfs_npy_write_mb_s": payload / mem_npy_s / 1e6,
+                "tmpfs_write_vs_npy": mem_npy_s / mem_write_s,
+            }
+        project, write_s, npy_s, npy_nosync_s = write_pass(root)
         on_disk = sum(f.bytes for f in project.live_files("grads", str(v)))
         q = rng.standard_normal((K, v), dtype=np.float32)
         timestep_dots(vecs[:1], q)  # load the compiled kernel (once per process, ~0.3 s) outside the timings
@@ -149,6 +170,7 @@ def main() -> None:
         "write_vs_npy": npy_s / write_s,
         "npy_nosync_write_mb_s": payload / npy_nosync_s / 1e6,
         "write_vs_npy_nosync": npy_nosync_s / write_s,
+        **memory,
         "bytes_on_disk": on_disk,
         "storage_overhead": on_disk / payload,
         "exact_s": exact_s,
