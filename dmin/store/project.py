@@ -361,6 +361,7 @@ class Project:
                 "samples", tables, row_ids=(int(lo), int(lo + len(keep))), meta={"samples": len(keep), "K": K}
             )
             self._ids.update(ids)
+            self._ids_seen.update(f.path for f in entry.files if f.table == "samples")  # no need to read it back
             return entry
 
     def next_row_id(self) -> int:
