@@ -102,3 +102,12 @@ def test_thrift_encoding_reads_back_with_the_independent_decoder() -> None:
     got = reader.struct()
     assert reader.pos == len(data)
     assert got[1] == -5 and got[2] is False and got[20] == 1 << 40 and got[23] == {3: 7} and 24 not in got
+
+
+def test_a_file_that_reads_back_wrong_is_never_committed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = plain_parquet.write
+    monkeypatch.setattr(plain_parquet, "write", lambda out, table, rows: real(out, table.slice(1), rows))  # a bug
+    path = tmp_path / "g.parquet"
+    with pytest.raises(RuntimeError, match="dmin bug"):
+        write_parquet_atomic(path, grads(3, 2, 8, "float32"))
+    assert list(tmp_path.iterdir()) == []  # neither the file nor its temp is left
