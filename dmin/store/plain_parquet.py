@@ -3,7 +3,7 @@
 Arrow's writer encodes a fixed_size_list column value by value (repetition and definition levels for every float):
 304 MB/s into tmpfs where np.save writes the same vectors at 2.4 GB/s (`scripts/bench_store.py`). The grads tables
 are a narrow case — every column non-null, flat scalars or strings plus fixed-size float vectors — so this module
-writes them itself (1.7–1.8 GB/s there), in the layout `pages.plain_values` maps back: per row group and column one
+writes them itself (1.7–2.2 GB/s there), in the layout `pages.plain_values` maps back: per row group and column one
 v2 data page; vector values uncompressed and PLAIN (the raw little-endian floats, written from the array's own
 memory); a vector's levels as one run-length pattern per row; scalar and string columns PLAIN then zstd (pyarrow's
 codec). The footer carries the Arrow schema, so every reader (Arrow, DuckDB, `pages`) sees exactly the table that
