@@ -12,17 +12,6 @@ from numba import njit, prange
 
 
 @njit(cache=True, nogil=True, parallel=True, fastmath=True)
-def _dots(vecs, query, out):  # pragma: no cover - compiled
-    n, K, dim = vecs.shape
-    for i in prange(n):
-        for k in range(K):
-            acc = 0.0
-            for j in range(dim):
-                acc += np.float64(vecs[i, k, j]) * np.float64(query[k, j])
-            out[i, k] = acc
-
-
-@njit(cache=True, nogil=True, parallel=True, fastmath=True)
 def _row_dots(vecs, rows, query, out):  # pragma: no cover - compiled
     _, K, dim = vecs.shape
     for r in prange(rows.shape[0]):
@@ -36,10 +25,7 @@ def _row_dots(vecs, rows, query, out):  # pragma: no cover - compiled
 
 def timestep_dots(vecs: np.ndarray, query: np.ndarray) -> np.ndarray:
     """(N, K, dim) float32 × (K, dim) → (N, K) float64: Σ_j vecs[n, k, j] · query[k, j]."""
-    out = np.empty(vecs.shape[:2], dtype=np.float64)
-    if vecs.size:
-        _dots(vecs, np.ascontiguousarray(query, dtype=np.float32), out)
-    return out
+    return timestep_dots_rows(vecs, np.arange(len(vecs)), query)
 
 
 def timestep_dots_rows(vecs: np.ndarray, rows: np.ndarray, query: np.ndarray) -> np.ndarray:
