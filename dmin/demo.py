@@ -214,8 +214,6 @@ def run_demo(
             report.sheets.append(str(sheet))
             extra = {"subset": styles[-1]} if lora else {}
             report.queries.append({"label": label, "seed": seed, **extra, **res.to_dict()})
-    if lora:
-        report.detection = {f"top{kk}": detection_rate(results, styles, kk, "subset") for kk in (1, 5, k)}
-    else:
-        report.detection = {f"top{kk}": detection_rate(results, labels, kk) for kk in (1, 5, k)}
+    wanted, column = (styles, "subset") if lora else (labels, "label")
+    report.detection = {f"top{kk}": detection_rate(results, wanted, kk, column) for kk in (1, 5, k)}
     return report
