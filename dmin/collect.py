@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,18 +25,56 @@ import xxhash
 from dmin.compress import Compressor, fold
 from dmin.data import Dataset, Record, load_dataset, shard
 from dmin.errors import DataError, UsageError
-from dmin.models import Condition, Family, check_condition, load_family, load_lora, select_params
+from dmin.models import Condition, Family, attach_lora, check_condition, load_family, select_params
+from dmin.models.hub import is_hub_id
 from dmin.store import Identity, Project
 from dmin.store.project import SampleBatch, now_utc
 from dmin.store.schema import FAILURES
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
 
 
 def fixed_noise(shape: Sequence[int], noise_seed: int, k: int) -> torch.Tensor:
     """ε_k: the same Gaussian tensor for every sample and query, on every device (drawn on the CPU)."""
     gen = torch.Generator("cpu").manual_seed(noise_seed * 1_000_003 + k)
     return torch.randn((1, *shape), generator=gen)
+
+
+def parse_dtype(name: str) -> str:
+    """float32 / bfloat16 / float16, accepting fp32 / bf16 / fp16."""
+    canon = DTYPE_ALIASES.get(name.strip().lower(), name.strip().lower())
+    if canon not in DTYPES:
+        raise UsageError(f"--dtype {name!r}: choose float32, bfloat16 or float16 (or fp32, bf16, fp16)")
+    return canon
+
+
+def choose_device(device: str, environ: Mapping[str, str] = os.environ) -> torch.device:
+    """The device a process computes on: `cuda` means cuda:$LOCAL_RANK under torchrun (one GPU per rank), `auto`
+    means that when CUDA is available, else the CPU."""
+    name = device.strip().lower()
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and environ.get("LOCAL_RANK", "").isdigit():
+        name = f"cuda:{int(environ['LOCAL_RANK'])}"
+    try:
+        dev = torch.device(name)
+    except RuntimeError as exc:
+        raise UsageError(f"--device {device!r}: choose auto, cpu, cuda or cuda:N") from exc
+    if dev.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device {device!r}: choose auto, cpu, cuda or cuda:N")
+    return dev
+
+
+def resolve_device(device: str) -> torch.device:
+    """`choose_device`, refusing a CUDA device that is not there."""
+    dev = choose_device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device}: no CUDA device is available; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {dev}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    return dev
 
 
 @dataclass
@@ -49,6 +87,7 @@ class Setup:
     compressor: Compressor
     device: torch.device
     autocast: torch.dtype | None
+    notes: list[str] = field(default_factory=list)
 
 
 def layout_hash(params: list[tuple[str, torch.nn.Parameter]]) -> str:
@@ -65,6 +104,11 @@ def parse_vs(vs: Sequence[str | int]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(out))
 
 
+def _where(spec: str | Path) -> str:
+    """How dmin.json records a model or adapter: a hub id as given, a local path made absolute."""
+    return str(spec) if is_hub_id(str(spec)) else str(Path(spec).expanduser().resolve())
+
+
 def prepare(
     model: str | Path,
     lora: str | Path | None = None,
@@ -74,22 +118,25 @@ def prepare(
     vs: Sequence[str | int] = (),
     noise_seed: int = 0,
     compress_seed: int = 0,
-    device: str = "cpu",
+    device: str = "auto",
     dtype: str = "float32",
     storage_dtype: str = "float32",
+    resolution: int | None = None,
+    latent_shape: Sequence[int] | None = None,
 ) -> Setup:
     """Load the model (and adapter), choose parameters, and build the identity a project must have."""
-    if dtype not in DTYPES:
-        raise UsageError(f"--dtype {dtype!r}: choose float32, bfloat16 or float16")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is available; use --device cpu")
-    fam = load_family(model)
-    adapter = load_lora(fam, lora) if lora else None
+    dtype = parse_dtype(dtype)
+    dev = resolve_device(device)
+    want = parse_vs(vs)
+    if resolution is not None and resolution < 8:
+        raise UsageError(f"--resolution {resolution}: expected the image size in pixels, e.g. 512 or 1024")
+    fam = load_family(model, DTYPES[dtype], resolution)
+    if latent_shape is not None and tuple(fam.latent_shape()) != tuple(latent_shape):  # a project's resolution
+        fam.resolution = fam.resolution * int(latent_shape[-1]) // fam.latent_shape()[-1]
+    adapter = attach_lora(fam, lora) if lora else None
     chosen = select_params(fam, lora is not None, params)
     n = sum(p.numel() for _, p in chosen)
     comp = Compressor(n, compress_seed)
-    want = parse_vs(vs)
     caps = [v if v == "full" else str(min(int(v), comp.D)) for v in want]
     for v in caps:
         if v != "full":
@@ -97,11 +144,11 @@ def prepare(
     ts = list(timestep_list) if timestep_list else fam.default_timesteps(timesteps)
     if not ts or any(t < 0 or t >= fam.num_train_timesteps for t in ts):
         raise UsageError(f"timesteps must lie in [0, {fam.num_train_timesteps}); got {ts}")
-    fam.to(dev, DTYPES[dtype])
+    fam.to(dev)
     ident = Identity(
         model_family=fam.name,
-        model_fingerprint=fam.fingerprint,  # type: ignore[attr-defined]
-        adapter_fingerprint=adapter,
+        model_fingerprint=fam.fingerprint,
+        adapter_fingerprint=adapter.fingerprint if adapter else None,
         param_filter=params,
         layout_hash=layout_hash(chosen),
         n=n,
@@ -113,11 +160,14 @@ def prepare(
         noise_seed=noise_seed,
         compress_seed=compress_seed,
         dtype=storage_dtype,
-        model_path=str(Path(model).resolve()),
-        lora_path=str(Path(lora).resolve()) if lora else None,
+        schedule=fam.schedule.describe(),
+        compute_dtype=dtype,
+        conditioning=fam.conditioning(),
+        model_path=_where(model),
+        lora_path=_where(lora) if lora else None,
     )
     autocast = DTYPES[dtype] if dtype != "float32" else None
-    return Setup(fam, chosen, ident, comp, dev, autocast)
+    return Setup(fam, chosen, ident, comp, dev, autocast, adapter.notes if adapter else [])
 
 
 class GradientEngine:
@@ -170,13 +220,14 @@ class GradientEngine:
         norms, losses = np.zeros(K), np.zeros(K)
         for k, t in enumerate(s.identity.timesteps):
             eps = self.noise[k].to(s.device)
-            x_t, target = s.family.noisy_and_target(x0, eps, t)
+            ts = torch.tensor([t], dtype=torch.float64, device=s.device)
+            x_t, target = s.family.noisy_and_target(x0, eps, ts)
             self._acc = s.compressor.stream(self.vmax, device=s.device) if self.vmax else None
             self._sumsq = 0.0
             self._full = torch.zeros(s.identity.n, dtype=torch.float32, device=s.device) if self.want_full else None
             ctx = torch.autocast(s.device.type, dtype=s.autocast) if s.autocast else nullcontext()
             with ctx:
-                pred = s.family.predict(x_t, t, cond)
+                pred = s.family.predict(x_t, ts, cond)
             loss = torch.nn.functional.mse_loss(pred.float(), target.float())
             loss.backward()
             sumsq = self._acc.sumsq if self._acc is not None else self._sumsq
@@ -192,6 +243,10 @@ class GradientEngine:
                 out["full"].append((self._full * scale).cpu().numpy())
         self._acc, self._full = None, None
         return {v: np.stack(rows) for v, rows in out.items()}, norms, losses
+
+
+# A computed sample waiting for its commit: record, its samples-table extras, {v: (K, dim)}, norms, losses.
+Pending = tuple[Record, dict[str, Any], dict[str, np.ndarray], np.ndarray, np.ndarray]
 
 
 @dataclass
@@ -259,7 +314,7 @@ def collect(
     start = time.perf_counter()
     done_ids = set(project.sample_ids())
     engine = GradientEngine(setup)
-    pending: list[tuple[Record, dict[str, np.ndarray], np.ndarray, np.ndarray]] = []
+    pending: list[Pending] = []
     failures: list[tuple[str, str]] = []
 
     def flush() -> None:
@@ -288,14 +343,14 @@ def collect(
                 summary.skipped += 1
             else:
                 try:
-                    x0 = setup.family.encode_image(rec.image())
-                    cond = setup.family.encode_condition(rec.caption, rec.label)
-                    vecs, norms, losses = engine.sample(x0, cond)
+                    pixels = setup.family.pixels(rec.image())
+                    cond = setup.family.encode_condition(rec.caption, rec.label, pixels)
+                    vecs, norms, losses = engine.sample(setup.family.encode_image(pixels), cond)
                     if not (np.isfinite(norms).all() and np.isfinite(losses).all()) or (norms == 0).any():
                         raise DataError(
                             f"{rec.source}: non-finite or zero gradient norm/loss (NaN weights or a degenerate sample)"
                         )
-                    pending.append((rec, vecs, norms, losses))
+                    pending.append((rec, {**rec.extra, **setup.family.record(pixels)}, vecs, norms, losses))
                     done_ids.add(sid)
                     summary.done += 1
                 except DataError as exc:
@@ -316,16 +371,16 @@ def collect(
     return summary
 
 
-def _batch(pending: list[tuple[Record, dict[str, np.ndarray], np.ndarray, np.ndarray]], ident: Identity) -> SampleBatch:
-    keys = sorted({k for rec, *_ in pending for k in rec.extra})
+def _batch(pending: list[Pending], ident: Identity) -> SampleBatch:
+    keys = sorted({k for _, extra, *_ in pending for k in extra})
     return SampleBatch(
         sample_ids=[rec.sample_id for rec, *_ in pending],
         sources=[rec.source for rec, *_ in pending],
         captions=[rec.caption for rec, *_ in pending],
         labels=[rec.label for rec, *_ in pending],
-        extra={k: [rec.extra.get(k) for rec, *_ in pending] for k in keys},
+        extra={k: [extra.get(k) for _, extra, *_ in pending] for k in keys},
         timesteps=ident.timesteps,
-        vecs={v: np.stack([vecs[v] for _, vecs, _, _ in pending]) for v in ident.collect_vs},
+        vecs={v: np.stack([vecs[v] for _, _, vecs, _, _ in pending]) for v in ident.collect_vs},
         norms=np.stack([n for *_, n, _ in pending]),
         losses=np.stack([ls for *_, ls in pending]),
     )
@@ -335,11 +390,11 @@ def query_gradients(
     setup: Setup, image: Any, caption: str | None, label: int | None
 ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """A query image's gradients by exactly the collection path (same identity, noise, compressor)."""
-    check_condition(setup.family, caption is not None, label is not None)
+    check_condition(setup.family, caption is not None, label is not None, query=True)
     engine = GradientEngine(setup)
     try:
-        x0 = setup.family.encode_image(image)
-        return engine.sample(x0, setup.family.encode_condition(caption, label))
+        pixels = setup.family.pixels(image)
+        return engine.sample(setup.family.encode_image(pixels), setup.family.encode_condition(caption, label, pixels))
     finally:
         engine.close()
 

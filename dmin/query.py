@@ -23,6 +23,7 @@ from dmin.collect import Setup, prepare, query_gradients
 from dmin.compress import fold
 from dmin.errors import DataError, DminError, UsageError
 from dmin.index import current_index, knn, stale_count
+from dmin.models import StepCallback, check_condition
 from dmin.score import exact_scores
 from dmin.store import Project, paths
 from dmin.store.atomic import write_atomic
@@ -63,10 +64,13 @@ def open_for_query(
     project_dir: str | Path,
     model: str | None = None,
     lora: str | None = None,
-    device: str = "cpu",
-    dtype: str = "float32",
+    device: str = "auto",
+    dtype: str | None = None,
 ) -> tuple[Project, Setup]:
-    """Open the project and load its model; refuse when the model's identity differs from the project's."""
+    """Open the project and load its model; refuse when the model's identity differs from the project's.
+
+    The compute dtype defaults to the one the project was collected with; another one is refused with the field
+    diff (bfloat16 and float32 gradients differ by far more than compression error)."""
     project = Project.open(project_dir)
     ident = project.identity
     model = model or ident.model_path
@@ -81,8 +85,9 @@ def open_for_query(
         noise_seed=ident.noise_seed,
         compress_seed=ident.compress_seed,
         device=device,
-        dtype=dtype,
+        dtype=dtype or ident.compute_dtype or "float32",
         storage_dtype=ident.dtype,
+        latent_shape=ident.latent_shape,
     )
     ident.check_matches(setup.identity)
     return project, setup
@@ -118,13 +123,15 @@ def run_query(
     method: str = "auto",
     ef: int = 100,
     allow_stale: bool = False,
+    on_step: StepCallback | None = None,
 ) -> QueryResult:
+    """Attribute one query; `on_step(done, total)` follows image generation when the spec asks for it."""
     if method not in ("auto", "exact", "knn"):
         raise UsageError(f"method {method!r}: choose auto, exact or knn")
     if k < 1:
         raise UsageError("--k must be at least 1")
     v = choose_v(project, v)
-    image, image_path = _query_image(project, setup, spec)
+    image, image_path = _query_image(project, setup, spec, on_step)
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     cond = json.dumps({"prompt": spec.prompt, "label": spec.label}, sort_keys=True).encode()
@@ -163,7 +170,9 @@ def run_query(
     return QueryResult(query_id, use, v, image_path, results)
 
 
-def _query_image(project: Project, setup: Setup, spec: QuerySpec) -> tuple[Image.Image, str | None]:
+def _query_image(
+    project: Project, setup: Setup, spec: QuerySpec, on_step: StepCallback | None = None
+) -> tuple[Image.Image, str | None]:
     if spec.image is not None:
         if isinstance(spec.image, Image.Image):
             return spec.image, None
@@ -178,8 +187,8 @@ def _query_image(project: Project, setup: Setup, spec: QuerySpec) -> tuple[Image
         return img, str(path)
     if spec.seed is None:
         raise UsageError("give --image IMG, or --seed S (with --prompt/--label) to generate one")
-    cond = setup.family.encode_condition(spec.prompt, spec.label)
-    return setup.family.generate(cond, spec.seed), None
+    check_condition(setup.family, spec.prompt is not None, spec.label is not None, query=True)
+    return setup.family.generate(spec.prompt, spec.label, spec.seed, on_step=on_step), None
 
 
 def _save_generated(project: Project, query_id: str, image: Image.Image) -> str:

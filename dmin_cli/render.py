@@ -24,6 +24,12 @@ out = Console(soft_wrap=True)
 err = Console(stderr=True)
 
 
+def note(text: str, quiet: bool = False) -> None:
+    """A remark worth telling a person (stderr), kept out of pipes and --json output."""
+    if not quiet and err.is_terminal:
+        err.print(f"[dim]note:[/dim] {text}", highlight=False)
+
+
 def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
 

@@ -185,17 +185,19 @@ def child(mode: str, root: Path, K: int, device: str, dtype: str, v: int) -> dic
 
         rec = load_dataset(root / "data").records[0]
         fam = setup.family
-        x0 = fam.encode_image(rec.image())
-        cond = fam.encode_condition(rec.caption, rec.label)
+        pixels = fam.pixels(rec.image())
+        x0 = fam.encode_image(pixels)
+        cond = fam.encode_condition(rec.caption, rec.label, pixels)
         ctx = torch.autocast(setup.device.type, dtype=setup.autocast) if setup.autocast else None
 
         def step(k: int, t_: float) -> None:
-            x_t, target = fam.noisy_and_target(x0, fixed_noise(setup.identity.latent_shape, 0, k).to(setup.device), t_)
+            ts = torch.tensor([t_], device=setup.device)
+            x_t, target = fam.noisy_and_target(x0, fixed_noise(setup.identity.latent_shape, 0, k).to(setup.device), ts)
             if ctx is not None:
                 with ctx:
-                    pred = fam.predict(x_t, t_, cond)
+                    pred = fam.predict(x_t, ts, cond)
             else:
-                pred = fam.predict(x_t, t_, cond)
+                pred = fam.predict(x_t, ts, cond)
             torch.nn.functional.mse_loss(pred.float(), target.float()).backward()
             for _, p in setup.params:
                 p.grad = None

@@ -74,8 +74,8 @@ def main() -> None:
     for label in range(10):
         for seed in range(args.per_class):
             cond = fam.encode_condition(None, label)
-            img = fam.generate(cond, seed=seed)
-            x0 = fam.encode_image(img)
+            img = fam.generate(None, label, seed=seed)
+            x0 = fam.encode_image(fam.pixels(img))
             vecs, norms, _ = engine.sample(x0, cond)
             # LoRA setting: the style shows in the background (inverted digits are drawn on white)
             q_groups.append(style(img) if lora else str(label))
@@ -97,7 +97,7 @@ def main() -> None:
     comp: dict[int, list[np.ndarray]] = {v: [] for v in vs}
     pix = []
     for i, (pixels, label, _) in enumerate(train):
-        x0 = fam.encode_image(Image.fromarray(pixels, "L"))
+        x0 = fam.encode_image(fam.pixels(Image.fromarray(pixels, "L")))
         vecs, norms, _ = engine.sample(x0, fam.encode_condition(None, label))
         full = vecs["full"].astype(np.float32)
         s_full[i] = qf_flat @ full.reshape(-1)

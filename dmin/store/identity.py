@@ -21,6 +21,9 @@ LEGACY_COMPRESSOR = "runs8-grouped"
 
 # Fields that may change over a project's life without changing what its gradients mean.
 _MUTABLE = ("dmin_version", "vs", "model_path", "lora_path", "data_path")
+# Fields added after schema 1. A schema-1 project lacks them (None) and None is left out of the identity hash, so
+# its manifest entries still verify; collecting into it or querying it with this dmin is refused with a field diff.
+_SINCE_2 = ("schedule", "compute_dtype", "conditioning")
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,9 @@ class Identity:
     model_path: str | None = None
     lora_path: str | None = None
     data_path: str | None = None
+    schedule: str | None = None  # the training forward process (dmin.schedule), not the pipeline's scheduler
+    compute_dtype: str | None = None  # float32, bfloat16 or float16: gradients differ with it
+    conditioning: str | None = None  # a family's fixed inputs (FLUX guidance, T5 length)
     schema_version: int = SCHEMA_VERSION
     dmin_version: str = field(default_factory=lambda: __import__("dmin").__version__)
 
@@ -70,7 +76,9 @@ class Identity:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 
     def comparable(self) -> dict[str, Any]:
-        return {k: v for k, v in self.to_dict().items() if k not in _MUTABLE}
+        return {
+            k: v for k, v in self.to_dict().items() if k not in _MUTABLE and not (k in _SINCE_2 and v is None)
+        }
 
     def hash(self) -> str:
         """xxh3-128 of the comparable fields: manifest entries record it, so a swapped dmin.json is caught."""
@@ -114,11 +122,14 @@ class Identity:
             if mine.get(k) != theirs.get(k)
         ]
         if diff:
-            raise IdentityMismatch(
-                "the project was built with a different setup — "
-                + "; ".join(diff)
-                + ". Use a new project directory for a different model or settings"
+            legacy = self.schedule is None and requested.schedule is not None
+            fix = (
+                "The project was written by dmin 0.1, whose gradients used the pipeline's own scheduler and whose "
+                "fingerprint covered every file; collect into a new project directory"
+                if legacy
+                else "Use a new project directory for a different model or settings"
             )
+            raise IdentityMismatch("the project was built with a different setup — " + "; ".join(diff) + ". " + fix)
 
 
 def _short(value: Any) -> str:

@@ -7,7 +7,7 @@ MANIFEST = "manifest"
 LOCK = ".dmin.lock"
 TMP_PREFIX = ".tmp-"
 TABLES = ("samples", "queries", "results", "failures")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: dmin.json records the training schedule, compute dtype and conditioning
 
 
 def v_name(v: int | str) -> str:

@@ -90,8 +90,9 @@ def schema_json(schema: pa.Schema) -> list[dict[str, Any]]:
 IDENTITY_FIELDS: dict[str, str] = {
     "schema_version": "int: the dmin table/config schema this project was written with",
     "dmin_version": "str: the dmin release that created the project",
-    "model_family": "str: ddpm | sd | sd3 | dit",
-    "model_fingerprint": "str: xxh3-128 over the model's config and weight files",
+    "model_family": "str: ddpm | sd | sdxl | sd3 | flux | dit",
+    "model_fingerprint": "str: xxh3-128 over the names and byte digests of model_index.json and the files of the "
+    "components that shape gradients (not the scheduler)",
     "adapter_fingerprint": "str|null: xxh3-128 over the LoRA/PEFT adapter files",
     "param_filter": "str|null: the --params glob, if any",
     "layout_hash": "str: xxh3-128 of the parameter layout (names, shapes, order)",
@@ -107,7 +108,11 @@ IDENTITY_FIELDS: dict[str, str] = {
     "collect_vs": "list[str]: the v's collect writes ('full' for uncompressed)",
     "vs": "list[str]: every v stored (collect's plus derived ones)",
     "dtype": "str: float32 | float16 vector storage",
-    "model_path": "str|null: where collect loaded the model from (query's default; not compared)",
+    "schedule": "str|null: the training forward process rebuilt from the scheduler config (null: schema 1)",
+    "compute_dtype": "str|null: float32 | bfloat16 | float16, the dtype gradients were computed in (null: schema 1)",
+    "conditioning": "str|null: a family's fixed inputs, e.g. FLUX's guidance and T5 length (null: schema 1)",
+    "model_path": "str|null: a local directory or hub id collect loaded the model from (query's default; not "
+    "compared)",
     "lora_path": "str|null: where collect loaded the adapter from (not compared)",
     "data_path": "str|null: the last --data collected (contact sheets read images from it; not compared)",
 }

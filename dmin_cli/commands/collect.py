@@ -16,15 +16,18 @@ from dmin_cli.options import JsonOpt, ProjectArg
     "collect",
     epilog="Examples:\n\n  dmin collect proj --model ./ddpm-digits --data ./digits --v 4096\n\n"
     "  dmin collect proj --model ./sd15 --lora ./my-lora --data ./imgs --shard 0/4\n\n"
-    "  torchrun --nproc-per-node 8 -m dmin_cli collect proj --model … --data … "
-    "--device cuda",
+    "  dmin collect proj --model stabilityai/stable-diffusion-xl-base-1.0 --lora ./sdxl-lora --data ./imgs "
+    "--dtype bf16\n\n"
+    "  torchrun --nproc-per-node 8 -m dmin_cli collect proj --model … --data … --device cuda",
 )
 def collect_cmd(
     project: ProjectArg,
-    model: Path = typer.Option(..., "--model", help="A local diffusers pipeline directory (safetensors)."),
+    model: str = typer.Option(
+        ..., "--model", help="A diffusers pipeline: a local directory or a Hub id (org/name[@revision]) in the cache."
+    ),
     data: Path = typer.Option(..., "--data", help="Image folder with metadata.jsonl/csv, or a .parquet file."),
-    lora: Path | None = typer.Option(
-        None, "--lora", help="LoRA safetensors or PEFT adapter dir: only its parameters get gradients."
+    lora: str | None = typer.Option(
+        None, "--lora", help="LoRA safetensors, a PEFT adapter dir or a Hub id: only its parameters get gradients."
     ),
     params: str | None = typer.Option(None, "--params", help="Glob over parameter names (full models)."),
     timesteps: int = typer.Option(10, "--timesteps", help="K, spread over the training schedule."),
@@ -38,8 +41,15 @@ def collect_cmd(
     shard: str | None = typer.Option(
         None, "--shard", help="i/N: this process's share (default: torchrun's RANK/WORLD_SIZE)."
     ),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
-    dtype: str = typer.Option("float32", "--dtype", help="Compute dtype: float32, bfloat16 or float16."),
+    device: str = typer.Option(
+        "auto", "--device", help="auto, cpu, cuda or cuda:N (under torchrun, cuda means cuda:$LOCAL_RANK)."
+    ),
+    dtype: str = typer.Option(
+        "float32", "--dtype", help="Compute dtype: float32, bfloat16 (bf16) or float16 (fp16); part of the identity."
+    ),
+    resolution: int | None = typer.Option(
+        None, "--resolution", help="Image size in pixels (default: the model's native size, e.g. 1024 for SDXL)."
+    ),
     storage: str = typer.Option("float32", "--storage-dtype", help="Vector storage: float32 or float16."),
     batch_size: int = typer.Option(16, "--batch-size", help="Samples per commit (gradients are per sample)."),
     noise_seed: int = typer.Option(0, "--noise-seed"),
@@ -49,8 +59,11 @@ def collect_cmd(
 ) -> None:
     """Collect compressed, normalized per-sample gradients; reruns skip committed samples."""
     setup = prepare(
-        model, lora, params, timesteps, timestep_list, v or (), noise_seed, compress_seed, device, dtype, storage
+        model, lora, params, timesteps, timestep_list, v or (), noise_seed, compress_seed, device, dtype, storage,
+        resolution,
     )
+    for note in setup.notes:
+        render.note(note, quiet=json_out)
     with render.progress(enabled=not json_out) as bar:
         task = bar.add_task("collect", total=None, rate="", note="")
 

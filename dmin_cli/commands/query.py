@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
 import typer
 from PIL import Image
+from rich.progress import Progress, TaskID
 
 from dmin.errors import DataError, UsageError
 from dmin.query import QueryResult, QuerySpec, open_for_query, run_query
@@ -46,6 +48,10 @@ def _specs(
     return specs
 
 
+def _advance(bar: Progress, task: TaskID, done: int, total: int) -> None:
+    bar.update(task, completed=done, total=total)
+
+
 @app.command(
     "query",
     epilog="Examples:\n\n  dmin query proj --image gen.png --label 3 --k 10 --sheet top.png\n\n"
@@ -66,8 +72,11 @@ def query_cmd(
     ef: int = typer.Option(100, "--ef", help="HNSW search beam width."),
     allow_stale: bool = typer.Option(False, "--allow-stale", help="Use an index that misses new samples."),
     sheet: Path | None = typer.Option(None, "--sheet", help="Write a contact sheet PNG (query + top-k)."),
-    model: str | None = typer.Option(None, "--model", help="Model dir (default: the one collect used)."),
-    device: str = typer.Option("cpu", "--device"),
+    model: str | None = typer.Option(None, "--model", help="Model dir or Hub id (default: the one collect used)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    dtype: str | None = typer.Option(
+        None, "--dtype", help="Compute dtype (default: the project's); another one is refused with the field diff."
+    ),
     json_out: JsonOpt = False,
 ) -> None:
     """Attribute an image to its most influential training samples (default: kNN if a fresh index exists)."""
@@ -75,10 +84,15 @@ def query_cmd(
         raise UsageError("use just one of --exact or --knn")
     method = "exact" if exact else "knn" if knn_opt else "auto"
     specs = _specs(image, prompt, label, seed, queries)
-    proj, setup = open_for_query(project, model=model, device=device)
+    proj, setup = open_for_query(project, model=model, device=device, dtype=dtype)
     results: list[QueryResult] = []
     for i, spec in enumerate(specs):
-        res = run_query(proj, setup, spec, k=k, v=v, method=method, ef=ef, allow_stale=allow_stale)
+        with render.progress(enabled=not json_out and spec.seed is not None and spec.image is None) as bar:
+            task = bar.add_task("generating", total=None, rate="", note="")
+            res = run_query(
+                proj, setup, spec, k=k, v=v, method=method, ef=ef, allow_stale=allow_stale,
+                on_step=functools.partial(_advance, bar, task),
+            )
         results.append(res)
         if sheet is not None:
             out = sheet if len(specs) == 1 else sheet.with_name(f"{sheet.stem}-{i}{sheet.suffix}")
