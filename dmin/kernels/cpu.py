@@ -3,7 +3,8 @@
 Works run by run (8 consecutive entries share one G and one S hash, dmin.hashing): entry r of a run lands at
 r · D/8 + G(run), so the run's 8 entries go to 8 different buckets, each signed by a row of a constant 256×8 table
 indexed by the run's sign byte. The float64 buckets (v·8 bytes) stay in cache. Large chunks are split across
-threads, each with private buckets summed at the end in a fixed order.
+threads, each with private buckets summed at the end in a fixed order. `scatter_add_rows` (below) is the batched
+kernel: R gradients, one hash per run for all of them, rows split across threads.
 """
 
 from __future__ import annotations
