@@ -5,8 +5,8 @@
 F and s are pure integer functions of (seed, D, i) (dmin.hashing), so nothing is stored and any chunk of the
 gradient can be compressed anywhere, in any order: `Compressor.stream` accumulates parameter gradients as backward
 produces them, and `Compressor.stream_batch` does so for R per-example gradients at once (one (R, …) chunk per
-parameter), hashing each position once for all R. Because buckets are contiguous blocks of the permuted vector, halving v is a pairwise sum (`fold`):
-one pass at the largest v gives every smaller v exactly.
+parameter), hashing each position once for all R. Because buckets are contiguous blocks of the permuted vector,
+halving v is a pairwise sum (`fold`): one pass at the largest v gives every smaller v exactly.
 
 Backends: a fused numba kernel on the CPU, a Triton kernel on CUDA, and the plain-torch reference on any device
 (`backend="torch"`), which the tests hold the others to. Buckets accumulate in float64; `finish` returns float32.
