@@ -340,3 +340,28 @@ def test_bad_batch_chunks_name_the_rule(backend: str) -> None:
 def test_batch_state_is_the_buckets() -> None:
     acc = Compressor(10**8).stream_batch(4096, 40)
     assert 40 * 4096 * 8 <= acc.state_bytes <= 40 * 4096 * 8 + 40 * 64 * 8
+
+
+def test_batch_kernel_refuses_arrays_it_would_overrun() -> None:
+    """Its vector loads and stores are unchecked, so the wrapper checks shapes and layout first."""
+    import numpy as np
+
+    from dmin.kernels import cpu
+
+    comp = Compressor(1000)
+    params = cpu.params(comp.keys, comp.L - 6)  # v = 64
+    acc, sq, g = np.zeros((3, 64)), np.zeros((3, cpu.SQ_LANES)), np.ones((3, 10), dtype=np.float32)
+    cpu.scatter_add_rows(acc, sq, g, 0, params)
+    assert sq.sum() == 30
+    for bad in (
+        (np.zeros((3, 32)), sq, g),
+        (acc, np.zeros((3, 8)), g),
+        (acc, sq, np.ones((2, 10), dtype=np.float32)),
+        (acc, sq, np.ones((3, 20), dtype=np.float32)[:, ::2]),
+        (np.zeros((64, 3)).T, sq, g),
+        (acc, sq, np.ones((3, 10), dtype=np.float16)),
+    ):
+        with pytest.raises(ValueError, match="C-contiguous"):
+            cpu.scatter_add_rows(*bad, 0, params)
+    with pytest.raises(ValueError, match="block_runs"):
+        cpu.scatter_add_rows(acc, sq, g, 0, params, block_runs=0)

@@ -237,8 +237,27 @@ def scatter_add_rows(
     Rows are split into `threads` parts (default: numba's thread count), each row handled start to end by one
     thread, so a row's result does not depend on the thread count, on the other rows, or on block_runs.
     """
+    _check_rows_layout(acc, sq, g, p, block_runs)
     threads = min(threads or numba.get_num_threads(), g.shape[0])
     if threads > 1 and g.size >= _SERIAL_MAX:
         _scatter_rows_parallel(g, offset, acc, sq, p, _FLAT_SIGNS, block_runs, threads)
     else:
         _scatter_rows(g, 0, g.shape[0], offset, acc, sq, p, _FLAT_SIGNS, block_runs)
+
+
+def _check_rows_layout(acc: np.ndarray, sq: np.ndarray, g: np.ndarray, p: np.ndarray, block_runs: int) -> None:
+    """The vector loads and stores are unchecked: refuse any array whose shape or layout they would overrun."""
+    v = 1 << (int(p[16]) + 3 - int(p[14]))  # log2 v = log2(D/8) + 3 - shift
+    rows = g.shape[0] if g.ndim == 2 else -1
+    if not (
+        acc.shape == (rows, v)
+        and sq.shape == (rows, SQ_LANES)
+        and all(a.flags.c_contiguous for a in (acc, sq, g))
+        and acc.dtype == sq.dtype == np.float64
+        and g.dtype in (np.float32, np.float64)
+        and block_runs >= 1
+    ):
+        raise ValueError(
+            f"scatter_add_rows needs C-contiguous float64 acc ({rows}, {v}) and sq ({rows}, {SQ_LANES}) and a 2-D "
+            f"float32/float64 g, block_runs ≥ 1; got acc {acc.shape}, sq {sq.shape}, g {g.shape} {g.dtype}"
+        )
