@@ -4,8 +4,9 @@
 
 F and s are pure integer functions of (seed, D, i) (dmin.hashing), so nothing is stored and any chunk of the
 gradient can be compressed anywhere, in any order: `Compressor.stream` accumulates parameter gradients as backward
-produces them. Because buckets are contiguous blocks of the permuted vector, halving v is a pairwise sum (`fold`):
-one pass at the largest v gives every smaller v exactly.
+produces them, and `Compressor.stream_batch` does so for R per-example gradients at once (one (R, …) chunk per
+parameter), hashing each position once for all R. Because buckets are contiguous blocks of the permuted vector,
+halving v is a pairwise sum (`fold`): one pass at the largest v gives every smaller v exactly.
 
 Backends: a fused numba kernel on the CPU, a Triton kernel on CUDA, and the plain-torch reference on any device
 (`backend="torch"`), which the tests hold the others to. Buckets accumulate in float64; `finish` returns float32.
@@ -94,6 +95,15 @@ class Compressor:
         """An accumulator for one vector of length n fed chunk by chunk; memory O(v + chunk)."""
         return Accumulator(self, self.check_v(v), torch.device(device or "cpu"), backend)
 
+    def stream_batch(
+        self, v: int, rows: int, device: torch.device | str | None = None, backend: Backend = "auto"
+    ) -> BatchAccumulator:
+        """Accumulators for `rows` vectors of length n fed together, chunk by chunk: each chunk position is hashed
+        once for all rows. Row r's result equals `stream(v)` fed row r's chunks (see `BatchAccumulator`)."""
+        if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+            raise CompressionError(f"rows must be a positive integer (gradients per batch), got {rows!r}")
+        return BatchAccumulator(self, self.check_v(v), rows, torch.device(device or "cpu"), backend)
+
     def compress(self, g: torch.Tensor, v: int, backend: Backend = "auto") -> torch.Tensor:
         """c_v(g) for a whole gradient g of shape (n,). Does not normalize (DESIGN §1.5 is the caller's)."""
         _check_float(g)
@@ -168,6 +178,96 @@ class Accumulator:
     def finish(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The compressed vector c_v (shape (v,)), as `dtype`."""
         return self._acc.to(dtype)
+
+
+class BatchAccumulator:
+    """Running c_v of `rows` gradients fed together, plus each one's sum of squares.
+
+    Determinism: on the CPU kernel a row is handled start to end by one thread, and each bucket receives the row's
+    entries in the order they were fed, so a row's buckets are bit-identical whatever the number of rows, the thread
+    count, the kernel's blocking, or how the same entries were split into `add` calls (in increasing order); they
+    are also bit-identical to `Accumulator` on its serial path (one thread, or chunks under 2^18 entries). Σg² is
+    summed in 32 index-keyed lanes: as deterministic, but equal to `Accumulator.sumsq` only within float64
+    rounding. On CUDA, float64 atomics make the order (hence the last bits) vary from run to run.
+    """
+
+    def __init__(self, comp: Compressor, v: int, rows: int, device: torch.device, backend: Backend) -> None:
+        self.comp = comp
+        self.v = v
+        self.rows = rows
+        self.shift = comp.L - _log2(v)
+        self.device = device
+        self.backend = backend
+        self._cpu_params = None
+        if device.type == "cpu" and backend == "auto" and (kernel := _cpu_kernel()) is not None:
+            self._cpu_params = kernel.params(comp.keys, self.shift)
+            lanes = kernel.SQ_LANES
+        else:
+            lanes = 1
+        # The CPU kernel keeps buckets run-major (slot j·8 + k for bucket k·v/8 + j); others in bucket order.
+        self._acc = torch.zeros(rows, v, dtype=torch.float64, device=device)
+        self._sq = torch.zeros(rows, lanes, dtype=torch.float64, device=device)
+
+    @property
+    def state_bytes(self) -> int:
+        """Bytes kept between calls: float64 buckets and sum-of-squares lanes of every row."""
+        return (self._acc.numel() + self._sq.numel()) * 8
+
+    @property
+    def sumsq(self) -> torch.Tensor:
+        """Σ g² of each row over every chunk added so far: float64, shape (rows,), on the accumulator's device."""
+        sq = self._sq
+        while sq.shape[1] > 1:  # a fixed pairwise order over the lanes, so the result is deterministic
+            sq = sq[:, 0::2] + sq[:, 1::2]
+        return sq[:, 0].clone()
+
+    def add(self, offset: int, chunk: torch.Tensor) -> None:
+        """Add entries [offset, offset + m) of every row: chunk has shape (rows, …), row r flattened row-major."""
+        _check_float(chunk)
+        if chunk.dim() < 1 or chunk.shape[0] != self.rows:
+            raise CompressionError(
+                f"chunk must have shape (rows, …) with rows = {self.rows} first, got shape {tuple(chunk.shape)}"
+            )
+        numel = chunk.numel() // self.rows
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0 or offset + numel > self.comp.n:
+            raise CompressionError(
+                f"chunk [{offset}, {offset}+{numel}) overruns the gradient: offsets must satisfy "
+                f"0 ≤ offset and offset + entries per row ≤ n = {self.comp.n}"
+            )
+        if numel == 0:
+            return
+        flat = chunk.detach().reshape(self.rows, numel)
+        if flat.device != self.device:
+            flat = flat.to(self.device)
+        if self._cpu_params is not None:
+            if flat.dtype in (torch.float16, torch.bfloat16):
+                flat = flat.float()
+            kernel = _cpu_kernel()
+            kernel.scatter_add_rows(
+                self._acc.numpy(), self._sq.numpy(), flat.contiguous().numpy(), offset, self._cpu_params
+            )
+            return
+        if self.device.type == "cuda" and self.backend == "auto" and (cuda := _cuda_kernel()) is not None:
+            cuda.scatter_add_rows(self._acc, self._sq, flat.contiguous(), offset, self.comp.keys, self.shift)
+            return
+        self._add_reference(offset, flat)
+
+    def _add_reference(self, offset: int, flat: torch.Tensor) -> None:
+        """The plain-torch definition, each position hashed once per block for all rows."""
+        step = max(1, _REF_BLOCK // self.rows)
+        for lo in range(0, flat.shape[1], step):
+            part = flat[:, lo : lo + step].to(torch.float64)
+            idx = torch.arange(offset + lo, offset + lo + part.shape[1], device=self.device, dtype=torch.int64)
+            pos = permute(idx, self.comp.keys)
+            neg = sign_bit(pos, self.comp.keys).bool()
+            self._acc.index_add_(1, pos >> self.shift, torch.where(neg, -part, part))
+            self._sq[:, 0] += (part * part).sum(1)
+
+    def finish(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The compressed vectors c_v, shape (rows, v), as `dtype`."""
+        if self._cpu_params is None:
+            return self._acc.to(dtype)
+        return self._acc.view(self.rows, self.v // 8, 8).transpose(1, 2).reshape(self.rows, self.v).to(dtype)
 
 
 def fold(c: torch.Tensor, v: int) -> torch.Tensor:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 
+import numba
 import pytest
 import torch
 
@@ -190,3 +192,176 @@ def test_bad_inputs_name_the_rule() -> None:
 def test_state_is_small() -> None:
     acc = Compressor(10**8).stream(4096)
     assert acc.state_bytes < 1 << 20
+
+
+# ---- Batched streaming (stream_batch) ----------------------------------------------------------------------------
+
+
+def _pieces(n: int, seed: int) -> list[tuple[int, int]]:
+    """Increasing (offset, size) pieces of [0, n) with odd sizes, so most split a run of 8 (sizes 1 to ~n/3)."""
+    rng = random.Random(seed)
+    out, lo = [], 0
+    while lo < n:
+        size = min(n - lo, rng.choice([1, 3, 7, 9, 13, 8 * rng.randrange(1, 50) + 5, rng.randrange(1, n // 3 + 2)]))
+        out.append((lo, size))
+        lo += size
+    return out
+
+
+def _feed(acc, g: torch.Tensor, pieces: list[tuple[int, int]]):  # type: ignore[no-untyped-def]
+    for lo, size in pieces:
+        acc.add(lo, g[..., lo : lo + size])
+    return acc
+
+
+@contextlib.contextmanager
+def _numba_threads(k: int):  # type: ignore[no-untyped-def]
+    before = numba.get_num_threads()
+    numba.set_num_threads(k)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
+
+
+@pytest.mark.parametrize(
+    ("n", "rows", "dtype"),
+    [
+        (13, 3, torch.float32),
+        (1000, 1, torch.float32),
+        (1000, 40, torch.float16),
+        (100_003, 3, torch.bfloat16),
+        (100_003, 40, torch.float32),
+        (70_001, 3, torch.float64),
+    ],
+)
+def test_batch_equals_single_row_streams(n: int, rows: int, dtype: torch.dtype) -> None:
+    """Each row: buckets bit-identical to a single-row Accumulator (serial path), close to the torch reference."""
+    comp = Compressor(n, seed=9)
+    g = torch.randn(rows, n, generator=torch.Generator().manual_seed(n + rows)).to(dtype)
+    pieces = _pieces(n, seed=rows)
+    for v in sorted({16, min(1024, comp.D), comp.D}):
+        batch = _feed(comp.stream_batch(v, rows), g, pieces)
+        ref = _feed(comp.stream_batch(v, rows, backend="torch"), g, pieces)
+        got = batch.finish(torch.float64)
+        assert got.shape == (rows, v)
+        torch.testing.assert_close(got, ref.finish(torch.float64), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(batch.sumsq, ref.sumsq, rtol=1e-12, atol=0)
+        with _numba_threads(1):  # Accumulator splits big chunks over threads, which changes its own rounding
+            singles = [_feed(comp.stream(v), g[r], pieces) for r in range(rows)]
+        for r, single in enumerate(singles):
+            assert torch.equal(got[r], single.finish(torch.float64)), f"row {r}, v={v}"
+            assert math.isclose(batch.sumsq[r].item(), single.sumsq, rel_tol=1e-12)
+        assert batch.finish().dtype == torch.float32
+
+
+def test_batch_row_does_not_depend_on_other_rows_threads_or_blocks() -> None:
+    """The engine relies on it: batch size 8 vs 1, and a resumed run, must give bit-identical vectors."""
+    from dmin.kernels import cpu
+
+    n, v = 300_007, 4096
+    comp = Compressor(n, seed=4)
+    gen = torch.Generator().manual_seed(0)
+    g = torch.randn(40, n, generator=gen)
+    pieces = [(0, 5), (5, 100_000), (100_005, 3), (100_008, 200_000 - 1), (300_007 - 2, 2)]
+    with _numba_threads(1):
+        want = _feed(comp.stream_batch(v, 1), g[7:8], pieces)
+    results = [(1, _feed(comp.stream_batch(v, 3), g[6:9], pieces)), (7, _feed(comp.stream_batch(v, 40), g, pieces))]
+    with _numba_threads(min(2, numba.config.NUMBA_NUM_THREADS)):
+        results.append((7, _feed(comp.stream_batch(v, 40), g, pieces)))
+    # The kernel itself, over explicit row splits and hash block sizes.
+    params = cpu.params(comp.keys, comp.L - 12)
+    for threads, block_runs in ((1, 1), (3, 7), (7, 4096), (40, 100_000)):
+        acc = comp.stream_batch(v, 40)
+        for lo, size in pieces:
+            part = g[:, lo : lo + size].contiguous().numpy()
+            cpu.scatter_add_rows(acc._acc.numpy(), acc._sq.numpy(), part, lo, params, block_runs, threads)
+        results.append((7, acc))
+    for row, acc in results:
+        assert torch.equal(acc.finish(torch.float64)[row], want.finish(torch.float64)[0])
+        assert torch.equal(acc.sumsq[row], want.sumsq[0])
+
+
+def test_batch_is_bit_identical_however_the_entries_are_split() -> None:
+    """Fed in increasing order, any split into add calls gives the same bits (a resumed run re-feeds the same way)."""
+    n, rows, v = 50_001, 3, 256
+    comp = Compressor(n, seed=1)
+    g = torch.randn(rows, n, generator=torch.Generator().manual_seed(2))
+    whole = _feed(comp.stream_batch(v, rows), g, [(0, n)])
+    for seed in range(3):
+        split = _feed(comp.stream_batch(v, rows), g, _pieces(n, seed))
+        assert torch.equal(split.finish(torch.float64), whole.finish(torch.float64))
+        assert torch.equal(split.sumsq, whole.sumsq)
+    torch.testing.assert_close(whole.sumsq, (g.double() ** 2).sum(1), rtol=1e-12, atol=0)
+
+
+def test_batch_accepts_parameter_shaped_chunks_on_any_backend() -> None:
+    rows, w, b = 4, torch.randn(4, 40, 25), torch.randn(4, 40)
+    comp = Compressor(40 * 25 + 40)
+    flat = torch.cat([w.reshape(rows, -1), b], dim=1)
+    for backend in ("auto", "torch"):
+        acc = comp.stream_batch(64, rows, backend=backend)  # type: ignore[arg-type]
+        acc.add(1000, b)
+        acc.add(0, w.transpose(1, 2).contiguous().transpose(1, 2))  # non-contiguous, as autograd may hand it over
+        want = torch.stack([comp.compress(flat[r], 64, backend="torch") for r in range(rows)])
+        torch.testing.assert_close(acc.finish(), want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("rows", [0, -2, True, 2.0, None])
+def test_bad_rows_is_a_clear_error(rows: object) -> None:
+    with pytest.raises(CompressionError, match="rows must be a positive integer"):
+        Compressor(1000).stream_batch(64, rows)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+def test_bad_batch_chunks_name_the_rule(backend: str) -> None:
+    comp = Compressor(1000)
+    acc = comp.stream_batch(64, 3, backend=backend)  # type: ignore[arg-type]
+    with pytest.raises(CompressionError, match=r"rows = 3 first, got shape \(2, 10\)"):
+        acc.add(0, torch.randn(2, 10))
+    with pytest.raises(CompressionError, match=r"rows = 3 first, got shape \(\)"):
+        acc.add(0, torch.tensor(1.0))
+    with pytest.raises(CompressionError, match="overruns"):
+        acc.add(995, torch.randn(3, 2, 3))
+    with pytest.raises(CompressionError, match="overruns"):
+        acc.add(-1, torch.randn(3, 1))
+    with pytest.raises(CompressionError, match="overruns"):
+        acc.add(True, torch.randn(3, 1))  # type: ignore[arg-type]
+    with pytest.raises(CompressionError, match="float16"):
+        acc.add(0, torch.ones(3, 4, dtype=torch.int32))
+    with pytest.raises(CompressionError, match=r"torch\.Tensor"):
+        acc.add(0, [[1.0]] * 3)  # type: ignore[arg-type]
+    with pytest.raises(CompressionError, match="v must be"):
+        comp.stream_batch(48, 3)
+    acc.add(990, torch.zeros(3, 0))  # empty chunks are fine and change nothing
+    assert not acc.finish().any() and not acc.sumsq.any()
+
+
+def test_batch_state_is_the_buckets() -> None:
+    acc = Compressor(10**8).stream_batch(4096, 40)
+    assert 40 * 4096 * 8 <= acc.state_bytes <= 40 * 4096 * 8 + 40 * 64 * 8
+
+
+def test_batch_kernel_refuses_arrays_it_would_overrun() -> None:
+    """Its vector loads and stores are unchecked, so the wrapper checks shapes and layout first."""
+    import numpy as np
+
+    from dmin.kernels import cpu
+
+    comp = Compressor(1000)
+    params = cpu.params(comp.keys, comp.L - 6)  # v = 64
+    acc, sq, g = np.zeros((3, 64)), np.zeros((3, cpu.SQ_LANES)), np.ones((3, 10), dtype=np.float32)
+    cpu.scatter_add_rows(acc, sq, g, 0, params)
+    assert sq.sum() == 30
+    for bad in (
+        (np.zeros((3, 32)), sq, g),
+        (acc, np.zeros((3, 8)), g),
+        (acc, sq, np.ones((2, 10), dtype=np.float32)),
+        (acc, sq, np.ones((3, 20), dtype=np.float32)[:, ::2]),
+        (np.zeros((64, 3)).T, sq, g),
+        (acc, sq, np.ones((3, 10), dtype=np.float16)),
+    ):
+        with pytest.raises(ValueError, match="C-contiguous"):
+            cpu.scatter_add_rows(*bad, 0, params)
+    with pytest.raises(ValueError, match="block_runs"):
+        cpu.scatter_add_rows(acc, sq, g, 0, params, block_runs=0)
