@@ -8,7 +8,6 @@ from the same pass. The largest v is computed; smaller ones are folded from it.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -22,11 +21,13 @@ import pyarrow as pa
 import torch
 import xxhash
 
-from dmin.compress import Compressor, fold
+from dmin.batching import Footprint, choose_batch_size, free_memory, is_out_of_memory, parse_batch_size, saved_bytes
+from dmin.compress import BatchAccumulator, Compressor, fold
 from dmin.data import Dataset, Record, load_dataset, shard
 from dmin.errors import DataError, UsageError
-from dmin.models import Condition, Family, attach_lora, check_condition, load_family, select_params
+from dmin.models import Condition, Family, Pixels, attach_lora, check_condition, load_family, select_params
 from dmin.models.hub import is_hub_id
+from dmin.per_example import PerExampleGrads
 from dmin.store import Identity, Project
 from dmin.store.project import SampleBatch, now_utc
 from dmin.store.schema import FAILURES
@@ -171,7 +172,11 @@ def prepare(
 
 
 class GradientEngine:
-    """Computes one sample's K compressed, normalized gradients with hooks that stream into the compressor."""
+    """The K compressed, normalized gradients of B samples from one batched pass over their B×K examples.
+
+    Example r = b·K + k is sample b at timestep t_k with noise ε_k. Exact per-example gradients arrive parameter by
+    parameter (`dmin.per_example`) and stream into one batched compressor accumulator (one hash per position for
+    all R rows); the norms come from the same pass. The largest v is computed, smaller ones are folded from it."""
 
     def __init__(self, setup: Setup) -> None:
         self.setup = setup
@@ -185,64 +190,86 @@ class GradientEngine:
         for name, p in setup.params:
             self.offsets[name] = off
             off += p.numel()
-        self._acc: Any = None
+        self._acc: BatchAccumulator | None = None
         self._full: torch.Tensor | None = None
-        self._sumsq = 0.0
-        self._handles = [p.register_post_accumulate_grad_hook(self._hook(name)) for name, p in setup.params]
-        self.noise = [fixed_noise(ident.latent_shape, ident.noise_seed, k) for k in range(ident.K)]
+        self._sumsq: torch.Tensor | None = None
+        self.grads = PerExampleGrads(setup.family.denoiser, setup.params, self._feed)
+        self.noise = torch.cat([fixed_noise(ident.latent_shape, ident.noise_seed, k) for k in range(ident.K)])
 
-    def _hook(self, name: str) -> Callable[[torch.Tensor], None]:
-        offset = self.offsets[name]
-
-        def hook(p: torch.Tensor) -> None:
-            g = p.grad
-            if g is None:
-                return
-            if self._acc is not None:
-                self._acc.add(offset, g)
-            else:
-                self._sumsq += float(g.double().pow(2).sum())
-            if self._full is not None:
-                self._full[offset : offset + g.numel()] = g.reshape(-1).to(self._full.dtype)
-            p.grad = None  # freed at once: never K×n, never a full copy
-
-        return hook
+    def _feed(self, name: str, g: torch.Tensor) -> None:
+        """One parameter's per-example gradients (R, *shape): into the compressor (and v=full), then freed."""
+        offset, rows = self.offsets[name], g.reshape(g.shape[0], -1)
+        if self._acc is not None:
+            self._acc.add(offset, rows)
+        elif self._sumsq is not None:
+            self._sumsq += rows.double().pow(2).sum(1)
+        if self._full is not None:
+            self._full[:, offset : offset + rows.shape[1]] = rows
 
     def close(self) -> None:
-        for h in self._handles:
-            h.remove()
+        self.grads.close()
 
-    def sample(self, x0: torch.Tensor, cond: Condition) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-        """({v: (K, v)}, norms (K,), losses (K,)) for one sample; vectors normalized by the raw norm."""
+    def run(
+        self, x0: torch.Tensor, cond: Condition
+    ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+        """For B samples (x0: (B, *latent_shape), cond of B): ({v: (B, K, dim)}, norms (B, K), losses (B, K)),
+        vectors normalized by each example's raw gradient norm."""
         s = self.setup
-        K = s.identity.K
-        out: dict[str, list[np.ndarray]] = {v: [] for v in s.identity.collect_vs}
-        norms, losses = np.zeros(K), np.zeros(K)
-        for k, t in enumerate(s.identity.timesteps):
-            eps = self.noise[k].to(s.device)
-            ts = torch.tensor([t], dtype=torch.float64, device=s.device)
-            x_t, target = s.family.noisy_and_target(x0, eps, ts)
-            self._acc = s.compressor.stream(self.vmax, device=s.device) if self.vmax else None
-            self._sumsq = 0.0
-            self._full = torch.zeros(s.identity.n, dtype=torch.float32, device=s.device) if self.want_full else None
+        K, B = s.identity.K, x0.shape[0]
+        R = B * K
+        t = torch.tensor(s.identity.timesteps, dtype=torch.float64, device=s.device).repeat(B)
+        eps = self.noise.to(s.device).repeat(B, *([1] * (self.noise.dim() - 1)))
+        x_t, target = s.family.noisy_and_target(x0.repeat_interleave(K, 0), eps, t)
+        self._acc = s.compressor.stream_batch(self.vmax, R, device=s.device) if self.vmax else None
+        self._sumsq = torch.zeros(R, dtype=torch.float64, device=s.device)
+        self._full = torch.zeros(R, s.identity.n, dtype=torch.float32, device=s.device) if self.want_full else None
+        try:
             ctx = torch.autocast(s.device.type, dtype=s.autocast) if s.autocast else nullcontext()
             with ctx:
-                pred = s.family.predict(x_t, ts, cond)
-            loss = torch.nn.functional.mse_loss(pred.float(), target.float())
-            loss.backward()
+                pred = s.family.predict(x_t, t, cond.repeat(K))
+            losses = (pred.float() - target.float()).pow(2).flatten(1).mean(1)
+            losses.sum().backward()
+            self.grads.finish()
             sumsq = self._acc.sumsq if self._acc is not None else self._sumsq
-            norm = math.sqrt(sumsq)
-            norms[k], losses[k] = norm, float(loss.detach())
-            scale = 1.0 / norm if norm > 0 and math.isfinite(norm) else float("nan")
+            norms = sumsq.sqrt()
+            scale = torch.where((norms > 0) & norms.isfinite(), 1.0 / norms, torch.full_like(norms, float("nan")))
+            out: dict[str, np.ndarray] = {}
             if self._acc is not None:
-                big = self._acc.finish() * scale
-                out[str(self.vmax)].append(big.cpu().numpy())
+                big = self._acc.finish() * scale[:, None].float()
+                out[str(self.vmax)] = big.reshape(B, K, -1).cpu().numpy()
                 for v in self.folds:
-                    out[str(v)].append(fold(big, v).cpu().numpy())
+                    out[str(v)] = fold(big, v).reshape(B, K, v).cpu().numpy()
             if self._full is not None:
-                out["full"].append((self._full * scale).cpu().numpy())
-        self._acc, self._full = None, None
-        return {v: np.stack(rows) for v, rows in out.items()}, norms, losses
+                out["full"] = (self._full * scale[:, None].float()).reshape(B, K, -1).cpu().numpy()
+            return out, norms.reshape(B, K).cpu().numpy(), losses.detach().reshape(B, K).double().cpu().numpy()
+        finally:
+            self._acc, self._full, self._sumsq = None, None, None
+            self.grads.reset()
+
+    def footprint(self, x0: torch.Tensor, cond: Condition) -> Footprint:
+        """Memory per sample of a pass, from a forward-only probe of one sample (`dmin.batching`)."""
+        s = self.setup
+        K = s.identity.K
+        t = torch.tensor(s.identity.timesteps, dtype=torch.float64, device=s.device)
+        x_t = x0.repeat_interleave(K, 0).requires_grad_(True)  # the graph exists even where parameters are frozen
+        ctx = torch.autocast(s.device.type, dtype=s.autocast) if s.autocast else nullcontext()
+
+        def forward() -> None:
+            with ctx:
+                s.family.predict(x_t, t, cond.repeat(K))
+
+        self.grads.pause(True)
+        try:
+            activations = saved_bytes(forward)
+        finally:
+            self.grads.pause(False)
+        largest = max(p.numel() for _, p in s.params)
+        return Footprint(2 * activations + 2 * K * largest * 4, free_memory(s.device))
+
+    def sample(self, x0: torch.Tensor, cond: Condition) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+        """One sample (x0: (1, *latent_shape)): ({v: (K, dim)}, norms (K,), losses (K,))."""
+        vecs, norms, losses = self.run(x0, cond)
+        return {v: rows[0] for v, rows in vecs.items()}, norms[0], losses[0]
 
 
 # A computed sample waiting for its commit: record, its samples-table extras, {v: (K, dim)}, norms, losses.
@@ -258,6 +285,7 @@ class CollectSummary:
     bytes_written: int = 0
     total: int = 0
     shard: str = "0/1"
+    batch_size: int = 0
     failures: list[dict[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -269,6 +297,7 @@ class CollectSummary:
             "bytes_written": self.bytes_written,
             "total": self.total,
             "shard": self.shard,
+            "batch_size": self.batch_size,
             "failures": self.failures[:20],
         }
 
@@ -294,15 +323,24 @@ def collect(
     data: str | Path | Dataset,
     limit: int | None = None,
     shard_arg: str | None = None,
-    batch_size: int = 16,
+    batch_size: int | str = "auto",
+    commit_every: int = 64,
     strict: bool = False,
     progress: Callable[[CollectSummary], None] | None = None,
+    on_note: Callable[[str], None] | None = None,
 ) -> CollectSummary:
-    """Collect gradients of every not-yet-committed sample of this shard into the project (resumable)."""
+    """Collect gradients of every not-yet-committed sample of this shard into the project (resumable).
+
+    Samples go through in fixed windows of `batch_size` over the shard's records (the not-yet-committed ones of a
+    window form one pass), and commits happen only between windows, so a run killed at any instant and resumed
+    computes exactly the passes an uninterrupted run would: the project ends bit-identical. A sample that fails
+    (unreadable, a label the model lacks, a non-finite gradient) becomes a failures row; the rest of its pass is
+    committed. Out of memory in a pass halves it and goes on (`on_note` says so)."""
     ds = data if isinstance(data, Dataset) else load_dataset(data)
     check_condition(setup.family, ds.has_caption, ds.has_label)
-    if batch_size < 1:
-        raise UsageError("--batch-size must be at least 1")
+    requested = parse_batch_size(batch_size)
+    if commit_every < 1:
+        raise UsageError(f"--commit-every {commit_every}: commit at least every 1 sample")
     data_path = str(ds.path.resolve())
     project = Project.create(project_dir, replace(setup.identity, data_path=data_path))
     if project.identity.data_path != data_path:
@@ -316,6 +354,13 @@ def collect(
     engine = GradientEngine(setup)
     pending: list[Pending] = []
     failures: list[tuple[str, str]] = []
+
+    def fail(rec: Record, exc: DataError) -> None:
+        if strict:
+            raise exc
+        failures.append((rec.source, str(exc)))
+        summary.failed += 1
+        summary.failures.append({"source": rec.source, "reason": str(exc)})
 
     def flush() -> None:
         if pending:
@@ -337,30 +382,54 @@ def collect(
             failures.clear()
 
     try:
-        for rec in mine:
-            sid = rec.sample_id
-            if sid in done_ids:
-                summary.skipped += 1
-            else:
+        todo_any = [r for r in mine if r.sample_id not in done_ids]
+        size = requested or 1
+        if todo_any:
+            probe = engine.footprint(*_blank(setup))
+            size = choose_batch_size(requested, probe, setup.identity.K, setup.device)
+        summary.batch_size = size
+        step = size  # shrinks when a pass runs out of memory; the windows stay fixed
+        for lo in range(0, len(mine), size):
+            ready: list[tuple[Record, Pixels, torch.Tensor, Condition]] = []
+            for rec in mine[lo : lo + size]:
+                if rec.sample_id in done_ids:
+                    summary.skipped += 1
+                    continue
                 try:
                     pixels = setup.family.pixels(rec.image())
                     cond = setup.family.encode_condition(rec.caption, rec.label, pixels)
-                    vecs, norms, losses = engine.sample(setup.family.encode_image(pixels), cond)
-                    if not (np.isfinite(norms).all() and np.isfinite(losses).all()) or (norms == 0).any():
-                        raise DataError(
-                            f"{rec.source}: non-finite or zero gradient norm/loss (NaN weights or a degenerate sample)"
-                        )
-                    pending.append((rec, {**rec.extra, **setup.family.record(pixels)}, vecs, norms, losses))
-                    done_ids.add(sid)
-                    summary.done += 1
+                    ready.append((rec, pixels, setup.family.encode_image(pixels), cond))
                 except DataError as exc:
-                    if strict:
+                    fail(rec, exc)
+            at = 0
+            while at < len(ready):
+                part = ready[at : at + step]
+                try:
+                    vecs, norms, losses = engine.run(
+                        torch.cat([x0 for _, _, x0, _ in part]), Condition.cat([c for *_, c in part])
+                    )
+                except Exception as exc:
+                    if not is_out_of_memory(exc) or step == 1:
                         raise
-                    failures.append((rec.source, str(exc)))
-                    summary.failed += 1
-                    summary.failures.append({"source": rec.source, "reason": str(exc)})
-                if len(pending) >= batch_size:
-                    flush()
+                    step = max(1, len(part) // 2)
+                    if setup.device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    if on_note:
+                        on_note(f"out of memory with {len(part)} samples per pass; going on with {step}")
+                    continue
+                for j, (rec, pixels, _, _) in enumerate(part):
+                    if not (np.isfinite(norms[j]).all() and np.isfinite(losses[j]).all()) or (norms[j] == 0).any():
+                        fail(rec, DataError(
+                            f"{rec.source}: non-finite or zero gradient norm/loss (NaN weights or a degenerate sample)"
+                        ))
+                        continue
+                    sample = {v: rows[j] for v, rows in vecs.items()}
+                    pending.append((rec, {**rec.extra, **setup.family.record(pixels)}, sample, norms[j], losses[j]))
+                    done_ids.add(rec.sample_id)
+                    summary.done += 1
+                at += len(part)
+            if len(pending) >= commit_every:
+                flush()
             summary.seconds = time.perf_counter() - start
             if progress:
                 progress(summary)
@@ -369,6 +438,13 @@ def collect(
         engine.close()
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _blank(setup: Setup) -> tuple[torch.Tensor, Condition]:
+    """An x0 and condition of the model's shapes, for measuring a pass (contents do not change its memory)."""
+    fam = setup.family
+    x0 = torch.zeros((1, *setup.identity.latent_shape), device=setup.device)
+    return x0, fam.encode_condition("", 0 if fam.needs_label else None)
 
 
 def _batch(pending: list[Pending], ident: Identity) -> SampleBatch:

@@ -109,69 +109,6 @@ def detection_rate(results: list[QueryResult], wanted: list[Any], k: int, column
     return hits / max(1, total)
 
 
-def _collect_worker(
-    project_dir: Path, data: Path, limit: int | None, timesteps: int, v: int, shard: str, lora: bool
-) -> dict:
-    import numba
-    import torch
-
-    torch.set_num_threads(1)
-    numba.set_num_threads(1)
-    setup = prepare(MODEL, lora=LORA if lora else None, timesteps=timesteps, vs=[str(v)])
-    return collect(project_dir, setup, data, limit=limit, shard_arg=shard, batch_size=32).to_dict()
-
-
-def _collect_sharded(
-    project_dir: Path,
-    data: Path,
-    limit: int | None,
-    timesteps: int,
-    v: int,
-    workers: int,
-    on_collect: Callable[[CollectSummary], None] | None,
-    lora: bool = False,
-) -> CollectSummary:
-    """Collect with `workers` concurrent shards (the same --shard path users run on clusters), showing progress
-    from the committed sample count."""
-    import multiprocessing as mp
-    import time
-    from concurrent.futures import ProcessPoolExecutor
-
-    from dmin.data import load_dataset
-
-    records = load_dataset(data).records[:limit]
-    total = len(records)
-    # create the project first, so concurrent workers never race to create it
-    setup = prepare(MODEL, lora=LORA if lora else None, timesteps=timesteps, vs=[str(v)])
-    project = Project.create(project_dir, setup.identity)
-    del setup
-    start = time.perf_counter()
-    if {r.sample_id for r in records} <= project.sample_ids():  # a rerun: nothing to compute
-        return CollectSummary(skipped=total, total=total, shard="resume", seconds=time.perf_counter() - start)
-    live = CollectSummary(total=total, shard=f"0..{workers - 1}/{workers}")
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-        futures = [
-            pool.submit(_collect_worker, project_dir, data, limit, timesteps, v, f"{i}/{workers}", lora)
-            for i in range(workers)
-        ]
-        while not all(f.done() for f in futures):
-            time.sleep(0.5)
-            live.done = len(project.sample_ids())
-            live.seconds = time.perf_counter() - start
-            if on_collect:
-                on_collect(live)
-        parts = [f.result() for f in futures]
-    summary = CollectSummary(total=total, shard=f"{workers} shards", seconds=time.perf_counter() - start)
-    for part in parts:
-        summary.done += part["done"]
-        summary.skipped += part["skipped"]
-        summary.failed += part["failed"]
-        summary.bytes_written += part["bytes_written"]
-    if on_collect:
-        on_collect(summary)
-    return summary
-
-
 def run_demo(
     out: Path,
     limit: int | None = None,
@@ -179,7 +116,6 @@ def run_demo(
     v: int = 4096,
     k: int = 10,
     seeds: int = 1,
-    workers: int = 2,
     lora: bool = False,
     on_collect: Callable[[CollectSummary], None] | None = None,
     on_step: Callable[[str], None] | None = None,
@@ -191,11 +127,9 @@ def run_demo(
         out = out / "lora"
     data = write_digits(out / "data", limit, lora=lora)
     project_dir = out / "project"
-    say(
-        f"collecting gradients ({workers} shard worker(s), one thread each: faster than one two-thread process "
-        f"for a model this small)"
-    )
-    summary = _collect_sharded(project_dir, data, limit, timesteps, v, workers, on_collect, lora=lora)
+    say("collecting gradients (batched passes of B digits × K timesteps)")
+    setup = prepare(MODEL, lora=LORA if lora else None, timesteps=timesteps, vs=[str(v)])
+    summary = collect(project_dir, setup, data, limit=limit, progress=on_collect)
     say("indexing")
     _, info = build_index(Project.open(project_dir), str(v), IndexParams())
     project, qsetup = open_for_query(project_dir)

@@ -30,6 +30,12 @@ def note(text: str, quiet: bool = False) -> None:
         err.print(f"[dim]note:[/dim] {text}", highlight=False)
 
 
+def warn(text: str, quiet: bool = False) -> None:
+    """Something went differently than asked (stderr), even in pipes; --json keeps stderr clean."""
+    if not quiet:
+        err.print(f"[yellow]warning:[/yellow] {text}", highlight=False)
+
+
 def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
 

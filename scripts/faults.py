@@ -38,7 +38,8 @@ from dmin.verify import verify  # noqa: E402
 from tests import tiny  # noqa: E402
 
 DMIN = [sys.executable, "-m", "dmin_cli"]
-COLLECT = ["--timesteps", "2", "--v", "64", "--v", "16", "--batch-size", "1"]
+# Batched passes of 3 samples (6 examples), a commit after every pass: kills land inside passes and between them.
+COLLECT = ["--timesteps", "2", "--v", "64", "--v", "16", "--batch-size", "3", "--commit-every", "1"]
 
 
 def run(args: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:

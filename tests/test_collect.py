@@ -119,6 +119,8 @@ def _collect_cli(project: Path, model: Path, data: Path, *extra: str) -> subproc
             "--v",
             "64",
             "--batch-size",
+            "3",
+            "--commit-every",
             "1",
             "--json",
             *extra,
@@ -149,6 +151,8 @@ def test_resume_after_kill_and_shards_equal_one_run(models: dict[str, Path], dat
             "--v",
             "64",
             "--batch-size",
+            "3",
+            "--commit-every",
             "1",
         ],
         stdout=subprocess.DEVNULL,
@@ -162,7 +166,7 @@ def test_resume_after_kill_and_shards_equal_one_run(models: dict[str, Path], dat
     assert verify(killed, deep=True).healthy
     r = _collect_cli(killed, models["ddpm"], data)
     out = json.loads(r.stdout)
-    assert out["skipped"] >= 2 and out["done"] + out["skipped"] == 8
+    assert out["skipped"] >= 3 and out["done"] + out["skipped"] == 8  # whole passes of 3 were committed
     # two shards
     sharded = tmp_path / "sharded"
     for i in (0, 1):
@@ -172,7 +176,10 @@ def test_resume_after_kill_and_shards_equal_one_run(models: dict[str, Path], dat
         got = _vectors(other, "64")
         assert got.keys() == want.keys()
         for key, vec in want.items():
-            np.testing.assert_array_equal(got[key], vec)
+            if other is killed:  # the same passes as the uninterrupted run: bit-identical
+                np.testing.assert_array_equal(got[key], vec)
+            else:  # shards form other passes (a pass's GEMMs round with its size): float32 agreement
+                assert np.linalg.norm(got[key] - vec) <= 1e-5 * np.linalg.norm(vec)
         assert verify(other, deep=True).healthy
 
 

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_lora_demo_runs_and_resumes(tmp_path: Path) -> None:
-    kw = {"limit": 16, "timesteps": 2, "v": 64, "k": 5, "workers": 1, "lora": True}
+    kw = {"limit": 16, "timesteps": 2, "v": 64, "k": 5, "lora": True}
     report = run_demo(tmp_path, **kw)
     meta = [json.loads(line) for line in (tmp_path / "lora" / "data" / "metadata.jsonl").read_text().splitlines()]
     assert len(meta) == 16 and {m["subset"] for m in meta} == {"base", "inverted"}

@@ -395,3 +395,32 @@ def dit(path: Path) -> Path:
     )
     DiTPipeline(transformer=tr, vae=_vae(), scheduler=scheduler(DIT_SCHEDULER)).save_pretrained(path)
     return path
+
+
+LORA_TARGETS = ("to_q", "to_k", "to_v", "conv1", "conv2", "proj_mlp")
+
+
+def lora(model: Path, out: Path, rank: int = 2, alpha: int = 3) -> Path:
+    """A LoRA on the model's denoiser, as diffusers saves one: `{unet|transformer}.`-prefixed PEFT keys and the
+    per-component `lora_alpha` metadata; lora_B random so gradients reach lora_A."""
+    import diffusers
+    from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
+    from safetensors.torch import save_file
+
+    index = json.loads((model / "model_index.json").read_text())
+    prefix = "unet" if "unet" in index else "transformer"
+    denoiser = getattr(diffusers, index[prefix][1]).from_pretrained(str(model / prefix))
+    names = {n.rsplit(".", 1)[-1] for n, _ in denoiser.named_modules()}
+    targets = [t for t in LORA_TARGETS if t in names]
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets)
+    inject_adapter_in_model(config, denoiser)
+    torch.manual_seed(2)
+    for name, p in denoiser.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.05)
+    state = {f"{prefix}.{k}": v.contiguous() for k, v in get_peft_model_state_dict(denoiser).items()}
+    body = {f"{prefix}.{k}": sorted(v) if isinstance(v, set) else v for k, v in config.to_dict().items()}
+    meta = {"lora_adapter_metadata": json.dumps(body)}  # what save_lora_weights writes from a LoraConfig
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(out / "pytorch_lora_weights.safetensors"), metadata=meta)
+    return out

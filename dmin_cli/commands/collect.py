@@ -51,7 +51,13 @@ def collect_cmd(
         None, "--resolution", help="Image size in pixels (default: the model's native size, e.g. 1024 for SDXL)."
     ),
     storage: str = typer.Option("float32", "--storage-dtype", help="Vector storage: float32 or float16."),
-    batch_size: int = typer.Option(16, "--batch-size", help="Samples per commit (gradients are per sample)."),
+    batch_size: str = typer.Option(
+        "auto",
+        "--batch-size",
+        help="Samples per pass (each pass computes B×K exact per-example gradients); auto: the largest that fits "
+        "in memory, up to where passes stop getting faster.",
+    ),
+    commit_every: int = typer.Option(64, "--commit-every", help="Commit after at least this many samples."),
     noise_seed: int = typer.Option(0, "--noise-seed"),
     compress_seed: int = typer.Option(0, "--compress-seed"),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first failed sample."),
@@ -78,7 +84,8 @@ def collect_cmd(
             )
 
         summary = collect(
-            project, setup, data, limit=limit, shard_arg=shard, batch_size=batch_size, strict=strict, progress=update
+            project, setup, data, limit=limit, shard_arg=shard, batch_size=batch_size, commit_every=commit_every,
+            strict=strict, progress=update, on_note=lambda text: render.warn(text, quiet=json_out),
         )
     if json_out:
         render.print_json(summary.to_dict())
