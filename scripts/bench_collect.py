@@ -9,8 +9,9 @@ Each measurement runs in its own process (so each peak RSS is its own), on the s
              requiring grad, no optimizer, no hooks — the reference for speed and memory
 Keys: sample-timesteps per second of each (`*_st_per_s`); batched_speedup = collect ÷ example (one forward and
 backward per (sample, timestep) was the engine this measures against); batched_speedup_vs_b1 = collect ÷ b1;
-vs_training = collect ÷ training; the memory the timed passes add (CPU: the RSS high-water mark reset after
-the warm-up, minus the RSS then; CUDA: max allocated) for collect and training, and the bound collect must stay
+vs_training = collect ÷ training; the memory passes add (CPU: the RSS high-water mark over warm-up and timed
+passes minus the RSS once the model, the compressor's kernel and Arrow are loaded; CUDA: max allocated) for collect
+and training, and the bound collect must stay
 under: training's + B×K × the largest selected parameter (float32) + the compressor's state. Measurements run in
 interleaved rounds (--rounds), best of each. Kept from earlier versions: collect_s_per_step, bare_s_per_step
 (= training), overhead_ratio, compression_share, peak_rss_mb, bare_peak_rss_mb, model_mb, grad_mb, peak_gpu_mb.
@@ -269,6 +270,15 @@ def child(args: argparse.Namespace) -> dict:
             torch.cuda.synchronize()
 
     out: dict = {"n": n, "largest_param": largest}
+    # The model is loaded; load what both paths load lazily (the compressor's kernel, Arrow), then start counting:
+    # pass_rss_mb is the high-water mark of everything after this point, warm-up passes included.
+    setup.compressor.stream_batch(min(args.v, setup.compressor.D), 1).add(0, torch.zeros(1, min(n, 64)))
+    import pyarrow as pa
+
+    pa.table({"x": [1]})
+    out["rss_before_mb"] = reset_peak_rss()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     if args.child == "training":
         from dmin.data import load_dataset
 
@@ -296,9 +306,6 @@ def child(args: argparse.Namespace) -> dict:
 
         step()
         sync()
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
-        out["rss_before_mb"] = reset_peak_rss()
         steps = args.repeat
         start = time.perf_counter()
         for _ in range(steps):
@@ -312,9 +319,6 @@ def child(args: argparse.Namespace) -> dict:
         warm_count = 2 * (int(batch) if str(batch).isdigit() else 1)
         warm = collect(root / f"warm-{args.child}", setup, data, limit=warm_count, batch_size=batch)
         sync()
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
-        out["rss_before_mb"] = reset_peak_rss()
         count = args.samples if args.child == "collect" else max(2, args.samples // 4)
         start = time.perf_counter()
         s = collect(root / f"proj-{args.child}", setup, data, limit=count, batch_size=batch)
@@ -324,7 +328,7 @@ def child(args: argparse.Namespace) -> dict:
         rows = out["batch_size"] * K
         out["compressor_mb"] = rows * (args.v + 32) * 8 / 2**20
     out["peak_rss_mb"] = peak_rss_mb()
-    out["pass_rss_mb"] = _status_mb("VmHWM") - out["rss_before_mb"]  # what the timed passes added at their peak
+    out["pass_rss_mb"] = _status_mb("VmHWM") - out["rss_before_mb"]
     if cuda:
         out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return out
