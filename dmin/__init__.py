@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 # torch and numba each run an OpenMP thread pool; by default idle threads spin, and a collection pass alternates
@@ -26,14 +28,10 @@ _LAZY = {
     "collect": "dmin.collect",
     "open_for_query": "dmin.query",
     "run_query": "dmin.query",
-    "read_queries": "dmin.query",
     "QuerySpec": "dmin.query",
-    "QueryResult": "dmin.query",
-    "Project": "dmin.store",
     "connect": "dmin.store.catalog",
     "build_index": "dmin.index",
     "IndexParams": "dmin.index",
-    "derive_v": "dmin.derive",
     "verify": "dmin.verify",
     "project_info": "dmin.info",
 }
@@ -42,19 +40,15 @@ __all__ = [
     "Compressor",
     "DminError",
     "IndexParams",
-    "Project",
-    "QueryResult",
     "QuerySpec",
     "__version__",
     "build_index",
     "collect",
     "connect",
-    "derive_v",
     "fold",
     "open_for_query",
     "prepare",
     "project_info",
-    "read_queries",
     "run_query",
     "verify",
 ]
@@ -62,13 +56,26 @@ __all__ = [
 if TYPE_CHECKING:
     from dmin.collect import collect, prepare
     from dmin.compress import Compressor, fold
-    from dmin.derive import derive_v
     from dmin.index import IndexParams, build_index
     from dmin.info import project_info
-    from dmin.query import QueryResult, QuerySpec, open_for_query, read_queries, run_query
-    from dmin.store import Project
+    from dmin.query import QuerySpec, open_for_query, run_query
     from dmin.store.catalog import connect
     from dmin.verify import verify
+
+
+class _Package(types.ModuleType):
+    """`dmin.collect` and `dmin.verify` name both a function of the API and a submodule. Python binds a submodule to
+    its package's attribute when it is first imported (by anyone: the CLI, dmin.query, …), which would turn
+    `dmin.collect(…)` into "module is not callable" depending on import order; here the API's function wins.
+    The submodules stay importable as usual: `from dmin.collect import GradientEngine`."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _LAZY and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name: str) -> Any:
