@@ -2,7 +2,7 @@
 
 Read from the manifest (row counts, sizes, commit times) and a few small files (the failures and queries tables'
 key columns, each index's index.json), never from the gradient files, so it stays fast on a large project. Keys
-of `to_dict()` are documented in docs/info.md and reuse dmin.json's names where they exist.
+of `to_dict()` are documented in docs/cli.md and reuse dmin.json's names where they exist.
 """
 
 from __future__ import annotations
