@@ -80,6 +80,9 @@ def test_every_command_in_a_pipe_prints_only_its_output(ddpm_work: Path) -> None
     assert generated["method"] == "knn" and len(generated["results"]) == 3
     table = quiet_ok(w, "query", "proj", "--image", "data/0003.png", "--label", "3", "--k", "2", "--per-t", "--exact")
     assert "t=25" in table and "t=75" in table
+    first = next(line for line in table.splitlines() if line.startswith("│ 1 "))
+    score, *per_t = (float(cell) for cell in first.split("│")[2:5])
+    assert abs(sum(per_t) - score) < 2e-4  # the per-timestep terms add up to the score
     assert "healthy" in quiet_ok(w, "verify", "proj", "--deep")
     assert json.loads(quiet_ok(w, "info", "proj", "--json"))["queries"] == 2
     assert json.loads(quiet_ok(w, "sql", "proj", "SELECT count(*) AS n FROM samples", "--json")) == [{"n": 6}]
