@@ -97,6 +97,8 @@ def test_on_a_terminal_long_steps_show_a_dmin_bar(ddpm_work: Path) -> None:
     assert re.search(r"compress v=\d+ → 32 .*━.* 12/12", screen), screen  # 6 samples × K = 2 rows
     screen = on_a_terminal(w, "verify", "proj", "--deep")
     assert re.search(r"verify --deep .*━", screen) and "healthy" in screen, screen
+    screen = on_a_terminal(w, "query", "proj", "--label", "2", "--seed", "3", "--k", "2", "--exact")
+    assert re.search(r"query .*━.* 1/1", screen) and "rank" in screen, screen
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,9 @@ from dmin_cli import render
 from dmin_cli.options import JsonOpt, ProjectArg, VOpt
 
 
-def _advance(bar: Progress, task: TaskID, done: int, total: int) -> None:
-    bar.update(task, completed=done, total=total)
+def _generation_step(bar: Progress, task: TaskID, done: int, total: int) -> None:
+    """One bar counts the queries; a generated image's steps show beside it."""
+    bar.update(task, note=f"generating: step {done}/{total}")
 
 
 EXAMPLES = (
@@ -65,11 +66,12 @@ def query_cmd(
         raise UsageError("use --queries alone: each of its lines carries its own image or seed, prompt and label")
     else:
         specs = read_queries(queries)
-    proj, setup = open_for_query(project, model=model, device=device, dtype=dtype)
     results: list[QueryResult] = []
-    for i, spec in enumerate(specs):
-        with render.progress(enabled=not json_out and spec.seed is not None and spec.image is None) as bar:
-            task = bar.add_task("generating", total=None, rate="", note="")
+    with render.progress(enabled=not json_out) as bar:
+        task = bar.add_task("loading the model", total=len(specs), rate="", note="")
+        proj, setup = open_for_query(project, model=model, device=device, dtype=dtype)
+        bar.update(task, description="query")
+        for i, spec in enumerate(specs):
             res = run_query(
                 proj,
                 setup,
@@ -79,13 +81,14 @@ def query_cmd(
                 method=method,
                 ef=ef,
                 allow_stale=allow_stale,
-                on_step=functools.partial(_advance, bar, task),
+                on_step=functools.partial(_generation_step, bar, task),
             )
-        results.append(res)
-        if sheet is not None:
-            out = sheet if len(specs) == 1 else sheet.with_name(f"{sheet.stem}-{i}{sheet.suffix}")
-            img = Image.open(res.image_path) if res.image_path else Image.open(spec.image)  # type: ignore[arg-type]
-            contact_sheet(proj, res, img, out)
+            results.append(res)
+            if sheet is not None:
+                out = sheet if len(specs) == 1 else sheet.with_name(f"{sheet.stem}-{i}{sheet.suffix}")
+                img = Image.open(res.image_path) if res.image_path else Image.open(spec.image)  # type: ignore[arg-type]
+                contact_sheet(proj, res, img, out)
+            bar.update(task, advance=1, note="")
     if json_out:
         render.print_json(results[0].to_dict() if queries is None else [r.to_dict() for r in results])
         return
