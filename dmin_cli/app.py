@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 
 from dmin.errors import DminError, UsageError
-from dmin_cli import quiet
+from dmin_cli import quiet, render
 from dmin_cli.commands import collect, compress, demo, index, info, query, sql, verify
 
 try:  # typer ≥ 0.22 vendors click; earlier releases use click itself
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point (argv: default sys.argv[1:]): every failure, usage errors included, becomes one line on
     stderr. The program is `dmin` however it was started (`python -m dmin_cli`, torchrun)."""
     debug = os.environ.get("DMIN_DEBUG") == "1"
-    quiet.silence_libraries(debug)
+    quiet.silence_libraries(debug, render.interactive())
     try:
         code = app(args=argv, prog_name="dmin", standalone_mode=False)
     except click_exceptions.NoArgsIsHelpError as exc:  # bare `dmin`: the help, as before

@@ -1,9 +1,10 @@
-"""Keep other libraries off the user's terminal: dmin draws its own progress and prints its own errors.
+"""Keep other libraries off the user's stderr: dmin draws its own progress and prints its own errors.
 
-diffusers, transformers and huggingface_hub draw tqdm bars and log advice while loading and sampling; Python
-warnings from them would reach stderr too. A script reading dmin's stdout, or a person watching dmin's one
-progress bar, wants none of it. Environment variables (set only where the user has not set them) reach the
-libraries when they are imported later, and the worker processes `dmin demo` spawns. DMIN_DEBUG=1 keeps warnings.
+dmin.models already turns diffusers' and transformers' own bars and advice off. What is left reaches stderr through
+the environment or Python's warnings: tqdm bars of other code paths (Hub downloads among them) and deprecation
+warnings from dependencies. In a pipe the environment switches them all off (set only where the user has not set
+them, read by libraries when they are imported later and by the worker processes `dmin demo` spawns); on a
+terminal, download bars stay, as dmin has no bar of its own for a download. DMIN_DEBUG=1 keeps warnings.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from __future__ import annotations
 import os
 import warnings
 
-LIBRARY_QUIET = {
-    "TQDM_DISABLE": "1",  # diffusers' sampling loops and transformers' weight loading draw tqdm bars
+PIPE_QUIET = {
+    "TQDM_DISABLE": "1",
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     "DIFFUSERS_VERBOSITY": "error",
     "TRANSFORMERS_VERBOSITY": "error",
@@ -20,9 +21,10 @@ LIBRARY_QUIET = {
 }
 
 
-def silence_libraries(debug: bool) -> None:
-    for name, value in LIBRARY_QUIET.items():
-        os.environ.setdefault(name, value)
+def silence_libraries(debug: bool, interactive: bool) -> None:
+    if not interactive:
+        for name, value in PIPE_QUIET.items():
+            os.environ.setdefault(name, value)
     if not debug:
         os.environ.setdefault("PYTHONWARNINGS", "ignore")
         warnings.simplefilter("ignore")

@@ -20,9 +20,6 @@ import pytest
 from tests import tiny
 
 DMIN = [sys.executable, "-m", "dmin_cli"]
-PIPELINE_BARS = pytest.mark.xfail(
-    strict=True, reason="diffusers' sampling bar: models.py must set_progress_bar_config(disable=True) (#12 rework)"
-)
 
 
 def dmin(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -104,7 +101,7 @@ def test_on_a_terminal_long_steps_show_a_dmin_bar(ddpm_work: Path) -> None:
 @pytest.fixture(scope="module")
 def text_work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("quiet-text")
-    tiny.sd(root / "sd")
+    tiny.sd15(root / "sd")
     tiny.sd3(root / "sd3")
     tiny.digits_folder(root / "data", count=2)
     return root
@@ -121,7 +118,6 @@ def test_text_pipelines_load_quietly(text_work: Path, family: str) -> None:
 
 
 @pytest.mark.slow
-@PIPELINE_BARS
 def test_generating_with_a_diffusers_pipeline_is_quiet(tmp_path: Path) -> None:
     tiny.dit(tmp_path / "dit")
     tiny.digits_folder(tmp_path / "data", count=2)

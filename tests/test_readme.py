@@ -56,7 +56,7 @@ def test_the_readme_marks_its_examples_and_the_package_exports_what_they_use() -
 @pytest.fixture(scope="module")
 def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("readme")
-    tiny.sd(root / "my-pipeline")
+    tiny.sd15(root / "my-pipeline")
     tiny.digits_folder(root / "train-images", count=6)
     Image.open(root / "train-images" / "0002.png").convert("RGB").save(root / "gen.png")
     return root
