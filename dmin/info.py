@@ -25,10 +25,13 @@ IDENTITY_BRIEF = (
     "n",
     "D",
     "loss_type",
+    "schedule",
+    "conditioning",
     "timesteps",
     "noise_seed",
     "compress_seed",
     "collect_vs",
+    "compute_dtype",
     "dtype",
     "compressor",
 )
