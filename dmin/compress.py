@@ -1,4 +1,4 @@
-"""The zero-storage gradient compressor (DESIGN §1.6): pad, permute, random sign, contiguous group-sum.
+"""The zero-storage gradient compressor (docs/method.md): pad, permute, random sign, contiguous group-sum.
 
     c_v[j] = Σ_{i<n, F(i) >> (L - log2 v) = j} s(F(i)) · g_i          (D = 2^L ≥ n)
 
@@ -105,7 +105,7 @@ class Compressor:
         return BatchAccumulator(self, self.check_v(v), rows, torch.device(device or "cpu"), backend)
 
     def compress(self, g: torch.Tensor, v: int, backend: Backend = "auto") -> torch.Tensor:
-        """c_v(g) for a whole gradient g of shape (n,). Does not normalize (DESIGN §1.5 is the caller's)."""
+        """c_v(g) for a whole gradient g of shape (n,). Does not normalize (the caller divides by ‖g‖)."""
         _check_float(g)
         if g.dim() != 1 or g.shape[0] != self.n:
             raise CompressionError(f"compress expects a 1-D tensor of {self.n} entries, got shape {tuple(g.shape)}")

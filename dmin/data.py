@@ -73,7 +73,7 @@ def _label(value: Any, where: str) -> int | None:
     try:
         return int(value)
     except (TypeError, ValueError) as exc:
-        raise DataError(f"{where}: label {value!r} is not an integer") from exc
+        raise DataError(f"{where}: label {value!r} is not an integer; labels are class indices (0, 1, …)") from exc
 
 
 def _split(row: dict[str, Any], where: str) -> tuple[str | None, int | None, dict[str, Any], bool, bool]:
@@ -160,6 +160,8 @@ def load_dataset(path: str | Path) -> Dataset:
         return _folder(p)
     if p.is_file() and p.suffix == ".parquet":
         return _parquet(p)
+    if not p.exists():
+        raise DataError(f"--data {p}: no such file or directory; pass an image folder or a .parquet file")
     raise DataError(f"--data {p}: expected an image folder with metadata.jsonl/csv or a .parquet file")
 
 

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from dmin.collect import CollectSummary, collect, prepare
+from dmin.errors import ProjectError, UsageError
 from dmin.index import IndexParams, build_index
 from dmin.query import QueryResult, QuerySpec, open_for_query, run_query
 from dmin.sheet import contact_sheet
@@ -109,6 +110,18 @@ def detection_rate(results: list[QueryResult], wanted: list[Any], k: int, column
     return hits / max(1, total)
 
 
+def _check_args(out: Path, limit: int | None, timesteps: int, k: int) -> None:
+    """Refuse bad arguments before anything is written (an empty --limit 0 data set would be reused by later runs)."""
+    if out.exists() and not out.is_dir():
+        raise ProjectError(f"--out {out} is a file; choose a directory for the demo's data, project and sheets")
+    if limit is not None and limit < 1:
+        raise UsageError(f"--limit must be at least 1, got {limit}; leave it out for all 1797 digits")
+    if timesteps < 1:
+        raise UsageError(f"--timesteps must be at least 1, got {timesteps}")
+    if k < 1:
+        raise UsageError(f"--k must be at least 1, got {k}")
+
+
 def run_demo(
     out: Path,
     limit: int | None = None,
@@ -122,6 +135,7 @@ def run_demo(
 ) -> DemoReport:
     """The demo; lora: the LoRA setting (bundled LoRA over its mixed base/inverted set, LoRA gradients only), where
     detection asks whether the top-k come from the generated digit's subset, in out/lora."""
+    _check_args(out, limit, timesteps, k)
     say = on_step or (lambda _msg: None)
     if lora:
         out = out / "lora"

@@ -7,6 +7,8 @@ dmin.json; a second run finds the v stored and does nothing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -30,20 +32,24 @@ def source_for(project: Project, v: int) -> str:
     if "full" in ident.vs:
         return "full"
     stored = ", ".join(ident.vs) or "none"
+    largest = max((int(s) for s in ident.vs if s != "full"), default=16)
     raise UsageError(
-        f"cannot derive v={v}: no stored v is a multiple of it (stored: {stored}); "
-        f"collect with a larger --v or with --v full"
+        f"cannot derive v={v}: no stored v is a multiple of it (stored: {stored}); ask for a power of two up to "
+        f"{largest}, or collect a larger --v (or --v full) into a new project"
     )
 
 
-def derive_v(project: Project, v: int) -> Entry | None:
-    """Store v derived from a larger stored v; None when it is stored already."""
+def derive_v(project: Project, v: int, progress: Callable[[int, int], None] | None = None) -> Entry | None:
+    """Store v derived from a larger stored v; None when it is stored already. `progress(rows done, rows in all)`
+    follows the work file by file."""
     if str(v) in project.identity.vs:
         return None
     src = source_for(project, v)
     ident = project.identity
     comp = Compressor(ident.n, ident.compress_seed)
     tables = []
+    total = sum(f.rows for t in ("grads", "query_grads") for f in project.live_files(t, src))
+    done = 0
     for table_name, key, folder in (
         ("grads", "sample_id", paths.grads_dir),
         ("query_grads", "query_id", paths.query_grads_dir),
@@ -58,6 +64,9 @@ def derive_v(project: Project, v: int) -> Entry | None:
             vec_col = pa.FixedSizeListArray.from_arrays(pa.array(flat), type=vec_type(v, ident.dtype))
             new = table.set_column(table.schema.get_field_index("vec"), "vec", vec_col)
             tables.append((table_name, str(v), folder(v), new.cast(grads_schema(v, ident.dtype, key))))
+            done += ref.rows
+            if progress:
+                progress(done, total)
     with project.lock():
         if str(v) in Project.open(project.root).identity.vs:
             return None

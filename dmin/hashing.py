@@ -1,4 +1,4 @@
-"""The keyed integer functions behind compression: the permutation F and the sign s (DESIGN §1.6).
+"""The keyed integer functions behind compression: the permutation F and the sign s (docs/method.md).
 
 Nothing is stored. F handles *runs* of RUN = 8 consecutive entries with one hash: entry i = 8q + r (run q, offset
 r) goes to F(i) = r · D/8 + G(q), where G is a keyed bijection of [0, D/8) built from three invertible steps modulo

@@ -32,6 +32,7 @@ from dmin.store import paths
 from dmin.store.atomic import file_checksum, write_atomic, write_bytes_atomic, write_parquet_atomic
 from dmin.store.project import Entry, Project
 from dmin.store.vectors import VectorBlock, iter_blocks
+from dmin.stored_v import resolve_v
 
 if TYPE_CHECKING:
     from dmin.verify import _Verifier
@@ -89,13 +90,9 @@ def build_index(
     import hnswlib
 
     ident = project.identity
-    if v not in ident.vs:
-        raise UsageError(
-            f"v={v} is not stored in this project (stored: {', '.join(ident.vs)}); "
-            f"derive it with `dmin compress PROJECT --v {v}`"
-        )
-    if v == "full":
+    if str(v).strip().lower() == "full":
         raise UsageError("index a compressed v (e.g. --v 4096); v=full is for exact scoring and validation")
+    v = resolve_v(project, v)
     V = int(v)
     graph_v = min(V, GRAPH_V)
     K = ident.K

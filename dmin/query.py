@@ -29,17 +29,71 @@ from dmin.store import Project, paths
 from dmin.store.atomic import write_atomic
 from dmin.store.project import grads_table, now_utc
 from dmin.store.schema import QUERIES, RESULTS
+from dmin.stored_v import resolve_v
 
 
 @dataclass
 class QuerySpec:
-    """One query: an image (path or PIL) or a seed to generate one, and its condition."""
+    """One query: an image (path or PIL) or a seed to generate one, and its condition. Checked on construction, so
+    a bad query fails before any model is loaded."""
 
     image: str | Path | Image.Image | None = None
     prompt: str | None = None
     label: int | None = None
     seed: int | None = None
     query_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.image is not None and not isinstance(self.image, str | Path | Image.Image):
+            raise UsageError(f"image must be a file path or a PIL image, got {type(self.image).__name__}")
+        for name in ("prompt", "query_id"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise UsageError(f"{name} must be a string, got {type(value).__name__} {value!r}")
+        for name, what in (("label", "a class index (0, 1, …)"), ("seed", "a non-negative integer")):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise UsageError(f"{name} must be {what}, got {value!r}")
+        if self.image is None and self.seed is None:
+            raise UsageError("a query needs an image to attribute (--image), or a seed to generate one (--seed)")
+        if self.image is not None and self.seed is not None:
+            raise UsageError("a query takes an image or a seed, not both: the seed generates the image to attribute")
+
+
+QUERY_KEYS = ("image", "prompt", "label", "seed", "query_id")
+
+
+def read_queries(path: str | Path) -> list[QuerySpec]:
+    """Queries from a JSONL file, one object per line with keys from QUERY_KEYS; relative image paths are taken
+    from the file's folder. Every problem is a DataError naming the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        what = "is a directory" if path.is_dir() else "no such file"
+        raise DataError(f"--queries {path}: {what}; pass a JSONL file with one query object per line")
+    specs = []
+    for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{n}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{where}: malformed JSON ({exc.msg}); fix the line") from exc
+        if not isinstance(row, dict):
+            raise DataError(f'{where}: each line must be a JSON object, e.g. {{"image": "gen.png", "label": 3}}')
+        unknown = sorted(set(row) - set(QUERY_KEYS))
+        if unknown:
+            raise DataError(f"{where}: unknown key {unknown[0]!r}; the keys are {', '.join(QUERY_KEYS)}")
+        image = row.get("image")
+        if isinstance(image, str) and image and not Path(image).is_absolute():
+            image = str(path.parent / image)
+        try:
+            specs.append(QuerySpec(image=image, **{k: row.get(k) for k in QUERY_KEYS[1:]}))
+        except UsageError as exc:
+            raise DataError(f"{where}: {exc}") from exc
+    if not specs:
+        raise DataError(f"--queries {path}: holds no queries; write one JSON object per line")
+    return specs
 
 
 @dataclass
@@ -93,16 +147,6 @@ def open_for_query(
     return project, setup
 
 
-def choose_v(project: Project, v: str | None) -> str:
-    vs = project.identity.vs
-    if v is not None:
-        if str(v) not in vs:
-            raise UsageError(f"--v {v} is not stored (stored: {', '.join(vs)}); derive it with `dmin compress`")
-        return str(v)
-    numeric = sorted((int(x) for x in vs if x != "full"), reverse=True)
-    return str(numeric[0]) if numeric else "full"
-
-
 def _vector_for(vecs: dict[str, np.ndarray], v: str, setup: Setup) -> np.ndarray:
     """The query's (K, dim) vector at v: collected directly, folded from a larger v, or compressed from full."""
     if v in vecs:
@@ -130,7 +174,9 @@ def run_query(
         raise UsageError(f"method {method!r}: choose auto, exact or knn")
     if k < 1:
         raise UsageError("--k must be at least 1")
-    v = choose_v(project, v)
+    v = resolve_v(project, v)
+    if method == "knn" and v == "full":
+        raise UsageError("v=full is scored exactly (indexes hold compressed v's); drop --knn or pass a compressed --v")
     image, image_path = _query_image(project, setup, spec, on_step)
     buf = io.BytesIO()
     image.save(buf, format="PNG")
@@ -177,16 +223,17 @@ def _query_image(
         if isinstance(spec.image, Image.Image):
             return spec.image, None
         path = Path(spec.image)
+        if path.is_dir():
+            raise DataError(f"--image {path}: is a directory; pass the image file to attribute")
         if not path.is_file():
-            raise DataError(f"--image {path}: no such file")
+            raise DataError(f"--image {path}: no such file; pass the image to attribute, or --seed S to generate one")
         try:
             img = Image.open(path)
             img.load()
-        except Exception as exc:
-            raise DataError(f"--image {path}: unreadable image ({exc})") from exc
+        except Exception as exc:  # PIL raises many types for files it cannot decode
+            raise DataError(f"--image {path}: not a readable image ({exc}); pass a PNG or JPEG file") from exc
         return img, str(path)
-    if spec.seed is None:
-        raise UsageError("give --image IMG, or --seed S (with --prompt/--label) to generate one")
+    assert spec.seed is not None  # QuerySpec guarantees an image or a seed
     check_condition(setup.family, spec.prompt is not None, spec.label is not None, query=True)
     return setup.family.generate(spec.prompt, spec.label, spec.seed, on_step=on_step), None
 

@@ -1,4 +1,4 @@
-"""Exact influence: Σ_k ⟨c_k(train), c_k(query)⟩ for every committed training sample (DESIGN §1.7).
+"""Exact influence: Σ_k ⟨c_k(train), c_k(query)⟩ for every committed training sample (docs/method.md).
 
 Stored vectors are numpy views of the memory-mapped Parquet pages (`store.pages`; vector columns are stored
 uncompressed and PLAIN) and are multiplied by the query in one pass (`kernels.dot`), the per-timestep breakdown

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -62,9 +63,10 @@ class Report:
 
 
 class _Verifier:
-    def __init__(self, root: Path, deep: bool) -> None:
+    def __init__(self, root: Path, deep: bool, progress: Callable[[int, int], None] | None = None) -> None:
         self.root = root
         self.deep = deep
+        self.progress = progress
         self.findings: list[Finding] = []
         self.checked: Counter[str] = Counter()
         self._pairs_seen: dict[str, set[tuple[str, int]]] = {}
@@ -160,8 +162,10 @@ class _Verifier:
 
     # -- files ------------------------------------------------------------------------------------------------
     def check_files(self, ident: Identity, refs: list[FileRef]) -> None:
-        for ref in refs:
+        for i, ref in enumerate(refs, 1):
             self.check_file(ident, ref)
+            if self.progress:
+                self.progress(i, len(refs))
 
     def check_file(self, ident: Identity, ref: FileRef) -> None:
         path = self.root / ref.path
@@ -399,6 +403,8 @@ def schema_problem(ident: Identity, ref: FileRef, schema: pa.Schema) -> str | No
     return None
 
 
-def verify(root: str | Path, deep: bool = False) -> Report:
-    """Check a project; never modifies it."""
-    return _Verifier(Path(root), deep).run()
+def verify(root: str | Path, deep: bool = False, progress: Callable[[int, int], None] | None = None) -> Report:
+    """Check a project; never modifies it. `progress(files checked, files committed)` follows the file checks.
+    A path that is no directory at all is a ProjectError (a wrong argument), not a finding."""
+    Project.require_dir(root)
+    return _Verifier(Path(root), deep, progress).run()

@@ -7,7 +7,9 @@ from typing import Annotated
 
 import typer
 
-ProjectArg = Annotated[Path, typer.Argument(help="The project directory (a gradient database).", show_default=False)]
+ProjectArg = Annotated[
+    Path, typer.Argument(help="The project directory (a gradient database).", metavar="PROJECT", show_default=False)
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
 VOpt = Annotated[
     str | None,

@@ -26,7 +26,7 @@ err = Console(stderr=True)
 
 def note(text: str, quiet: bool = False) -> None:
     """A remark worth telling a person (stderr), kept out of pipes and --json output."""
-    if not quiet and err.is_terminal:
+    if not quiet and interactive():
         err.print(f"[dim]note:[/dim] {text}", highlight=False)
 
 
@@ -49,9 +49,15 @@ def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any
     out.print(t)
 
 
+def interactive() -> bool:
+    """A person is watching: stdout and stderr are both terminals. Otherwise a successful command prints its output
+    and nothing else."""
+    return out.is_terminal and err.is_terminal
+
+
 @contextmanager
 def progress(enabled: bool = True) -> Iterator[Progress]:
-    """A progress bar with rate and ETA on a terminal (stderr); disabled in pipes or with --json."""
+    """A progress bar with rate and ETA on stderr when `interactive()`; disabled in pipes or with --json."""
     bar = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -63,7 +69,7 @@ def progress(enabled: bool = True) -> Iterator[Progress]:
         TimeRemainingColumn(),
         TextColumn("{task.fields[note]}"),
         console=err,
-        disable=not (enabled and err.is_terminal),
+        disable=not (enabled and interactive()),
         transient=False,
     )
     with bar:

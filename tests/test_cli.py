@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,14 +12,14 @@ import pytest
 from typer.testing import CliRunner
 
 from dmin.errors import DataError, IdentityMismatch, UsageError
-from dmin_cli.app import _register, app, error_line
+from dmin_cli.app import app, error_line
 
 REPO = Path(__file__).resolve().parents[1]
-COMMANDS = ["collect", "compress", "demo", "index", "query", "sql", "verify"]
+DMIN = [sys.executable, "-m", "dmin_cli"]
+COMMANDS = ["collect", "compress", "demo", "index", "info", "query", "sql", "verify"]
 
 
 def test_every_command_has_help_with_examples_and_is_in_the_readme() -> None:
-    _register()
     runner = CliRunner()
     readme = (REPO / "README.md").read_text()
     names = sorted(c.name or "" for c in app.registered_commands)
@@ -53,3 +54,17 @@ def test_errors_are_one_line_unless_debugging(tmp_path: Path) -> None:
     assert "Traceback" in debug.stderr
     usage = subprocess.run([sys.executable, "-m", "dmin_cli", "query"], capture_output=True, text=True)
     assert usage.returncode == 2
+
+
+def test_version_and_completion_answer_without_loading_torch() -> None:
+    """Shell completion runs `dmin` on every Tab: the app must not import torch until a command runs."""
+    probe = "import sys, dmin_cli.app; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip() == "False"
+    version = subprocess.run([*DMIN, "--version"], capture_output=True, text=True)
+    assert version.returncode == 0 and version.stdout == "dmin 0.1.0\n" and version.stderr == ""
+    env = {**os.environ, "_DMIN_COMPLETE": "complete_bash", "COMP_WORDS": "dmin query proj --pe", "COMP_CWORD": "3"}
+    assert subprocess.run(DMIN, capture_output=True, text=True, env=env).stdout.split() == ["--per-t"]
+    env.update(COMP_WORDS="dmin co", COMP_CWORD="1")
+    assert subprocess.run(DMIN, capture_output=True, text=True, env=env).stdout.split() == ["collect", "compress"]
+    script = subprocess.run([*DMIN, "--show-completion", "bash"], capture_output=True, text=True).stdout
+    assert "_DMIN_COMPLETE=complete_bash" in script

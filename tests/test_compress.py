@@ -1,4 +1,4 @@
-"""Properties of the zero-storage compressor (DESIGN §1.6)."""
+"""Properties of the zero-storage compressor (docs/method.md)."""
 
 from __future__ import annotations
 

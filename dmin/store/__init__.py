@@ -1,4 +1,4 @@
-"""The gradient database (DESIGN §2): Parquet tables, a manifest that commits them, atomic writes, readers."""
+"""The gradient database (docs/format.md): Parquet tables, a manifest that commits them, atomic writes, readers."""
 
 from dmin.store.identity import Identity
 from dmin.store.project import Project

@@ -56,7 +56,7 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
 
 
 def write_parquet_atomic(path: Path, table: pa.Table) -> str:
-    """Parquet tuned for vectors: uncompressed PLAIN float pages read at memory speed (DESIGN notes in README).
+    """Parquet tuned for vectors: uncompressed PLAIN float pages read at memory speed (docs/format.md).
     Returns the file's xxh3-128 checksum (computed while writing when dmin writes the pages itself)."""
     vec_cols = [f.name for f in table.schema if pa.types.is_fixed_size_list(f.type)]
     # One data page (v2: levels apart from values) per row group for the vectors, so a reader maps each group's

@@ -28,7 +28,7 @@ _SINCE_2 = ("schedule", "compute_dtype", "conditioning")
 
 @dataclass(frozen=True)
 class Identity:
-    """Everything that must be equal for two gradients to be comparable (DESIGN §1)."""
+    """Everything that must be equal for two gradients to be comparable (docs/method.md)."""
 
     model_family: str
     model_fingerprint: str

@@ -148,12 +148,20 @@ class Project:
     def exists(root: str | Path) -> bool:
         return (Path(root) / paths.IDENTITY).is_file()
 
-    @classmethod
-    def open(cls, root: str | Path, expect: Identity | None = None) -> Project:
-        """Open an existing project; with `expect`, refuse when its identity differs (IdentityMismatch)."""
+    @staticmethod
+    def require_dir(root: str | Path) -> Path:
+        """root as a Path when it is an existing directory; else a ProjectError that says what it is."""
         root = Path(root)
         if not root.exists():
             raise ProjectError(f"{root}: no such directory; create a project with `dmin collect {root} …`")
+        if not root.is_dir():
+            raise ProjectError(f"{root} is a file, not a project directory; pass the project's directory")
+        return root
+
+    @classmethod
+    def open(cls, root: str | Path, expect: Identity | None = None) -> Project:
+        """Open an existing project; with `expect`, refuse when its identity differs (IdentityMismatch)."""
+        root = cls.require_dir(root)
         ident_path = root / paths.IDENTITY
         if not ident_path.is_file():
             raise ProjectError(
@@ -170,6 +178,8 @@ class Project:
         root = Path(root)
         if cls.exists(root):
             return cls.open(root, expect=identity)
+        if root.exists() and not root.is_dir():
+            raise ProjectError(f"{root} is a file; choose a new directory for the project")
         if root.exists() and any(p for p in root.iterdir() if not p.name.startswith(".")):
             raise ProjectError(f"{root} exists and is not empty, and is not a dmin project; choose a new directory")
         root.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,1 @@
-"""One module per command; importing this package registers them all on the app."""
-
-from dmin_cli.commands import collect, compress, demo, index, query, sql, verify
-
-__all__ = ["collect", "compress", "demo", "index", "query", "sql", "verify"]
+"""One module per command. Each defines its command function and EXAMPLES; `dmin_cli.app` registers them."""

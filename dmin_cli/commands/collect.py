@@ -6,20 +6,18 @@ from pathlib import Path
 
 import typer
 
-from dmin.collect import CollectSummary, collect, prepare
 from dmin_cli import render
-from dmin_cli.app import app
 from dmin_cli.options import JsonOpt, ProjectArg
 
-
-@app.command(
-    "collect",
-    epilog="Examples:\n\n  dmin collect proj --model ./ddpm-digits --data ./digits --v 4096\n\n"
+EXAMPLES = (
+    "Examples:\n\n  dmin collect proj --model ./ddpm-digits --data ./digits --v 4096\n\n"
     "  dmin collect proj --model ./sd15 --lora ./my-lora --data ./imgs --shard 0/4\n\n"
     "  dmin collect proj --model stabilityai/stable-diffusion-xl-base-1.0 --lora ./sdxl-lora --data ./imgs "
     "--dtype bf16\n\n"
-    "  torchrun --nproc-per-node 8 -m dmin_cli collect proj --model … --data … --device cuda",
+    "  torchrun --nproc-per-node 8 -m dmin_cli collect proj --model … --data … --device cuda"
 )
+
+
 def collect_cmd(
     project: ProjectArg,
     model: str = typer.Option(
@@ -64,8 +62,20 @@ def collect_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Collect compressed, normalized per-sample gradients; reruns skip committed samples."""
+    from dmin.collect import CollectSummary, collect, prepare
+
     setup = prepare(
-        model, lora, params, timesteps, timestep_list, v or (), noise_seed, compress_seed, device, dtype, storage,
+        model,
+        lora,
+        params,
+        timesteps,
+        timestep_list,
+        v or (),
+        noise_seed,
+        compress_seed,
+        device,
+        dtype,
+        storage,
         resolution,
     )
     for note in setup.notes:
@@ -91,10 +101,11 @@ def collect_cmd(
         render.print_json(summary.to_dict())
     else:
         for f in summary.failures[:5]:
-            render.err.print(f"[yellow]failed[/yellow] {f['source']}: {f['reason']}", highlight=False)
+            render.out.print(f"[yellow]failed[/yellow] {f['source']}: {f['reason']}", highlight=False)
         render.out.print(
             f"collected {summary.done}, skipped {summary.skipped} (already committed), failed "
             f"{summary.failed}, {summary.seconds:.1f} s, {summary.bytes_written / 1e6:.1f} MB written "
             f"[shard {summary.shard}]",
             highlight=False,
+            markup=False,
         )

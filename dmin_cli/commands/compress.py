@@ -4,29 +4,36 @@ from __future__ import annotations
 
 import typer
 
-from dmin.derive import derive_v, source_for
-from dmin.store import Project
 from dmin_cli import render
-from dmin_cli.app import app
 from dmin_cli.options import JsonOpt, ProjectArg
 
+EXAMPLES = "Example:\n\n  dmin compress proj --v 1024"
 
-@app.command("compress", epilog="Example:\n\n  dmin compress proj --v 1024")
+
 def compress_cmd(
     project: ProjectArg,
-    v: int = typer.Option(..., "--v", help="The new v (a power of two ≥ 16)."),
+    v: str = typer.Option(
+        ..., "--v", help="The new v: a power of two ≥ 16 that divides a stored v (or any, from full)."
+    ),
     json_out: JsonOpt = False,
 ) -> None:
     """Derive v by folding a stored larger v (exact) or compressing v=full; a second run does nothing."""
+    from dmin.derive import derive_v, source_for
+    from dmin.store import Project
+    from dmin.stored_v import derivable_v
+
     proj = Project.open(project)
-    already = str(v) in proj.identity.vs
-    src = None if already else source_for(proj, v)
-    entry = derive_v(proj, v)
+    new = derivable_v(proj, v)
+    already = str(new) in proj.identity.vs
+    src = None if already else source_for(proj, new)
+    with render.progress(enabled=not json_out) as bar:
+        task = bar.add_task(f"compress v={src} → {new}", total=None, rate="", note="")
+        entry = derive_v(proj, new, progress=lambda done, total: bar.update(task, completed=done, total=total))
     rows = sum(f.rows for f in entry.files) if entry else 0
-    result = {"v": str(v), "from": src, "created": entry is not None, "rows": rows}
+    result = {"v": str(new), "from": src, "created": entry is not None, "rows": rows}
     if json_out:
         render.print_json(result)
     elif entry is None:
-        render.out.print(f"v={v} is already stored; nothing to do")
+        render.out.print(f"v={new} is already stored; nothing to do")
     else:
-        render.out.print(f"stored v={v} from v={src}: {rows} rows in {len(entry.files)} file(s)")
+        render.out.print(f"stored v={new} from v={src}: {rows} rows in {len(entry.files)} file(s)")

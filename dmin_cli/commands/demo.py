@@ -6,18 +6,15 @@ from pathlib import Path
 
 import typer
 
-from dmin.collect import CollectSummary
-from dmin.demo import run_demo
 from dmin_cli import render
-from dmin_cli.app import app
 from dmin_cli.options import JsonOpt
 
-
-@app.command(
-    "demo",
-    epilog="Examples:\n\n  dmin demo --out demo-out   # rerun: reuses the project, takes seconds\n\n"
-    "  dmin demo --lora           # the paper's LoRA-on-a-mixed-dataset setting, in demo-out/lora",
+EXAMPLES = (
+    "Examples:\n\n  dmin demo --out demo-out   # rerun: reuses the project, takes seconds\n\n"
+    "  dmin demo --lora           # the paper's LoRA-on-a-mixed-dataset setting, in demo-out/lora"
 )
+
+
 def demo_cmd(
     out: Path = typer.Option(Path("demo-out"), "--out", help="Where the data, project and sheets go."),
     limit: int | None = typer.Option(None, "--limit", help="Only the first N digits (default: all 1797)."),
@@ -32,6 +29,9 @@ def demo_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Collect, index, generate one digit per class, attribute each, and report the detection rate."""
+    from dmin.collect import CollectSummary
+    from dmin.demo import run_demo
+
     with render.progress(enabled=not json_out) as bar:
         task = bar.add_task("collect digits", total=None, rate="", note="")
 
@@ -39,7 +39,7 @@ def demo_cmd(
             bar.update(task, total=s.total, completed=s.done + s.skipped + s.failed, rate="", note="")
 
         def step(msg: str) -> None:
-            if not json_out:
+            if not json_out and render.interactive():
                 render.err.print(f"[dim]· {msg}[/dim]")
 
         seeds = 3 if lora else 1  # the LoRA draws both styles; three seeds per class show both

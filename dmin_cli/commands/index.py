@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import typer
 
-from dmin.index import IndexParams, build_index
-from dmin.store import Project
 from dmin_cli import render
-from dmin_cli.app import app
 from dmin_cli.options import JsonOpt, ProjectArg
 
+EXAMPLES = "Examples:\n\n  dmin index proj --v 4096\n\n  dmin index proj --v 256 --m 32 --rebuild"
 
-@app.command("index", epilog="Examples:\n\n  dmin index proj --v 4096\n\n  dmin index proj --v 256 --m 32 --rebuild")
+
 def index_cmd(
     project: ProjectArg,
     v: str = typer.Option(..., "--v", help="The stored v to index."),
@@ -22,6 +20,9 @@ def index_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Index the samples' concatenated K per-timestep vectors (inner product); later runs add only new samples."""
+    from dmin.index import IndexParams, build_index
+    from dmin.store import Project
+
     proj = Project.open(project)
     with render.progress(enabled=not json_out) as bar:
         task = bar.add_task(f"index v={v}", total=None, rate="", note="")

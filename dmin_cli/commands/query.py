@@ -3,75 +3,47 @@
 from __future__ import annotations
 
 import functools
-import json
 from pathlib import Path
 
 import typer
-from PIL import Image
 from rich.progress import Progress, TaskID
 
-from dmin.errors import DataError, UsageError
-from dmin.query import QueryResult, QuerySpec, open_for_query, run_query
-from dmin.sheet import contact_sheet
+from dmin.errors import UsageError
 from dmin_cli import render
-from dmin_cli.app import app
 from dmin_cli.options import JsonOpt, ProjectArg, VOpt
 
 
-def _specs(
-    image: Path | None, prompt: str | None, label: int | None, seed: int | None, queries: Path | None
-) -> list[QuerySpec]:
-    if queries is None:
-        return [QuerySpec(image=image, prompt=prompt, label=label, seed=seed)]
-    if image is not None or seed is not None:
-        raise UsageError("use just one of --queries or --image/--seed")
-    specs = []
-    for n, line in enumerate(queries.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{queries}:{n}: malformed JSON ({exc.msg})") from exc
-        img = row.get("image")
-        if img is not None and not Path(img).is_absolute():
-            img = str(queries.parent / img)
-        specs.append(
-            QuerySpec(
-                image=img,
-                prompt=row.get("prompt"),
-                label=row.get("label"),
-                seed=row.get("seed"),
-                query_id=row.get("query_id"),
-            )
-        )
-    return specs
+def _generation_step(bar: Progress, task: TaskID, done: int, total: int) -> None:
+    """One bar counts the queries; a generated image's steps show beside it."""
+    bar.update(task, note=f"generating: step {done}/{total}")
 
 
-def _advance(bar: Progress, task: TaskID, done: int, total: int) -> None:
-    bar.update(task, completed=done, total=total)
-
-
-@app.command(
-    "query",
-    epilog="Examples:\n\n  dmin query proj --image gen.png --label 3 --k 10 --sheet top.png\n\n"
+EXAMPLES = (
+    "Examples:\n\n  dmin query proj --image gen.png --label 3 --k 10 --sheet top.png\n\n"
     "  dmin query proj --label 7 --seed 1 --exact --json\n\n"
-    "  dmin query proj --queries batch.jsonl --json > results.json",
+    "  dmin query proj --queries batch.jsonl --json > results.json"
 )
+
+
 def query_cmd(
     project: ProjectArg,
     image: Path | None = typer.Option(None, "--image", help="The generated image to attribute."),
     prompt: str | None = typer.Option(None, "--prompt", help="Its text condition."),
     label: int | None = typer.Option(None, "--label", help="Its class label."),
     seed: int | None = typer.Option(None, "--seed", help="Without --image: generate the image with this seed."),
-    queries: Path | None = typer.Option(None, "--queries", help="JSONL: image, prompt/label, optional query_id."),
-    k: int = typer.Option(10, "--k", help="How many training samples to return."),
+    queries: Path | None = typer.Option(
+        None, "--queries", help="JSONL, one query per line: image or seed, prompt/label, optional query_id."
+    ),
+    k: int = typer.Option(10, "--k", min=1, help="How many training samples to return."),
     v: VOpt = None,
     exact: bool = typer.Option(False, "--exact", help="Score every sample exactly."),
     knn_opt: bool = typer.Option(False, "--knn", help="Use the HNSW index."),
     ef: int = typer.Option(100, "--ef", help="HNSW search beam width."),
     allow_stale: bool = typer.Option(False, "--allow-stale", help="Use an index that misses new samples."),
-    sheet: Path | None = typer.Option(None, "--sheet", help="Write a contact sheet PNG (query + top-k)."),
+    sheet: Path | None = typer.Option(
+        None, "--sheet", dir_okay=False, help="Write a contact sheet PNG (query + top-k)."
+    ),
+    per_t: bool = typer.Option(False, "--per-t", help="Show each timestep's share of the score in the table."),
     model: str | None = typer.Option(None, "--model", help="Model dir or Hub id (default: the one collect used)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     dtype: str | None = typer.Option(
@@ -80,35 +52,62 @@ def query_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Attribute an image to its most influential training samples (default: kNN if a fresh index exists)."""
+    from PIL import Image
+
+    from dmin.query import QueryResult, QuerySpec, open_for_query, read_queries, run_query
+    from dmin.sheet import contact_sheet
+
     if exact and knn_opt:
         raise UsageError("use just one of --exact or --knn")
     method = "exact" if exact else "knn" if knn_opt else "auto"
-    specs = _specs(image, prompt, label, seed, queries)
-    proj, setup = open_for_query(project, model=model, device=device, dtype=dtype)
+    if queries is None:
+        specs = [QuerySpec(image=image, prompt=prompt, label=label, seed=seed)]
+    elif any(x is not None for x in (image, prompt, label, seed)):
+        raise UsageError("use --queries alone: each of its lines carries its own image or seed, prompt and label")
+    else:
+        specs = read_queries(queries)
     results: list[QueryResult] = []
-    for i, spec in enumerate(specs):
-        with render.progress(enabled=not json_out and spec.seed is not None and spec.image is None) as bar:
-            task = bar.add_task("generating", total=None, rate="", note="")
+    with render.progress(enabled=not json_out) as bar:
+        task = bar.add_task("loading the model", total=len(specs), rate="", note="")
+        proj, setup = open_for_query(project, model=model, device=device, dtype=dtype)
+        bar.update(task, description="query")
+        for i, spec in enumerate(specs):
             res = run_query(
-                proj, setup, spec, k=k, v=v, method=method, ef=ef, allow_stale=allow_stale,
-                on_step=functools.partial(_advance, bar, task),
+                proj,
+                setup,
+                spec,
+                k=k,
+                v=v,
+                method=method,
+                ef=ef,
+                allow_stale=allow_stale,
+                on_step=functools.partial(_generation_step, bar, task),
             )
-        results.append(res)
-        if sheet is not None:
-            out = sheet if len(specs) == 1 else sheet.with_name(f"{sheet.stem}-{i}{sheet.suffix}")
-            img = Image.open(res.image_path) if res.image_path else Image.open(spec.image)  # type: ignore[arg-type]
-            contact_sheet(proj, res, img, out)
+            results.append(res)
+            if sheet is not None:
+                out = sheet if len(specs) == 1 else sheet.with_name(f"{sheet.stem}-{i}{sheet.suffix}")
+                img = Image.open(res.image_path) if res.image_path else Image.open(spec.image)  # type: ignore[arg-type]
+                contact_sheet(proj, res, img, out)
+            bar.update(task, advance=1, note="")
     if json_out:
         render.print_json(results[0].to_dict() if queries is None else [r.to_dict() for r in results])
         return
+    steps = [f"t={t:g}" for t in proj.identity.timesteps] if per_t else []
     for res in results:
         rows = [
-            (r["rank"], f"{r['score']:.4f}", r["sample_id"][:12], r.get("caption") or r.get("label"), r.get("source"))
+            (
+                r["rank"],
+                f"{r['score']:.4f}",
+                *(f"{x:.4f}" for x in (r["scores"] if per_t else ())),
+                r["sample_id"][:12],
+                r.get("caption") or r.get("label"),
+                r.get("source"),
+            )
             for r in res.results
         ]
         render.table(
             f"query {res.query_id} — {res.method}, v={res.v}",
-            ["rank", "score", "sample_id", "caption/label", "source"],
+            ["rank", "score", *steps, "sample_id", "caption/label", "source"],
             rows,
         )
     if sheet is not None:

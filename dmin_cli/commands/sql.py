@@ -5,24 +5,20 @@ from __future__ import annotations
 import csv
 import sys
 
-import duckdb
 import typer
 
 from dmin.errors import DminError, UsageError
-from dmin.store import Project
-from dmin.store.catalog import connect
 from dmin_cli import render
-from dmin_cli.app import app
 from dmin_cli.options import JsonOpt, ProjectArg
 
-
-@app.command(
-    "sql",
-    epilog="Views: samples, grads_<v>, queries, query_grads_<v>, results, failures.\n\n"
+EXAMPLES = (
+    "Views: samples, grads_<v>, queries, query_grads_<v>, results, failures.\n\n"
     'Examples:\n\n  dmin sql proj "SELECT label, count(*) FROM samples GROUP BY 1"\n\n'
     '  dmin sql proj "SELECT s.subset, sum(r.score) FROM results r JOIN samples s USING '
-    '(sample_id) GROUP BY 1" --csv',
+    '(sample_id) GROUP BY 1" --csv'
 )
+
+
 def sql_cmd(
     project: ProjectArg,
     query: str = typer.Argument(..., help="A DuckDB SQL statement."),
@@ -30,6 +26,11 @@ def sql_cmd(
     csv_out: bool = typer.Option(False, "--csv", help="Print CSV."),
 ) -> None:
     """Run SQL (DuckDB) over the project's tables."""
+    import duckdb
+
+    from dmin.store import Project
+    from dmin.store.catalog import connect
+
     if json_out and csv_out:
         raise UsageError("use just one of --json or --csv")
     con = connect(Project.open(project))

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import typer
 
-from dmin.verify import verify
 from dmin_cli import render
-from dmin_cli.app import app
 from dmin_cli.options import JsonOpt, ProjectArg
 
+EXAMPLES = "Examples:\n\n  dmin verify proj\n\n  dmin verify proj --deep --json > report.json"
 
-@app.command("verify", epilog="Examples:\n\n  dmin verify proj\n\n  dmin verify proj --deep --json > report.json")
+
 def verify_cmd(
     project: ProjectArg,
     deep: bool = typer.Option(
@@ -19,7 +18,11 @@ def verify_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Check a project against its manifest and schemas; every finding names the file."""
-    report = verify(project, deep=deep)
+    from dmin.verify import verify
+
+    with render.progress(enabled=deep and not json_out) as bar:
+        task = bar.add_task("verify --deep", total=None, rate="", note="")
+        report = verify(project, deep=deep, progress=lambda done, total: bar.update(task, completed=done, total=total))
     if json_out:
         render.print_json(report.to_dict())
     else:

@@ -1,0 +1,155 @@
+"""`info`: a project in brief — its identity, what is stored, the indexes' state, and the query log.
+
+Read from the manifest (row counts, sizes, commit times) and a few small files (the failures and queries tables'
+key columns, each index's index.json), never from the gradient files, so it stays fast on a large project. Keys
+of `to_dict()` are documented in docs/cli.md and reuse dmin.json's names where they exist.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dmin.store import Project
+
+# dmin.json fields that say what the gradients are (the rest of dmin.json is bookkeeping).
+IDENTITY_BRIEF = (
+    "model_family",
+    "model_path",
+    "model_fingerprint",
+    "lora_path",
+    "adapter_fingerprint",
+    "param_filter",
+    "n",
+    "D",
+    "loss_type",
+    "schedule",
+    "conditioning",
+    "timesteps",
+    "noise_seed",
+    "compress_seed",
+    "collect_vs",
+    "compute_dtype",
+    "dtype",
+    "compressor",
+)
+
+
+@dataclass(frozen=True)
+class StoredV:
+    """One stored v: its grads table's rows, samples and committed bytes; collected, or derived by `compress`."""
+
+    v: str
+    origin: str
+    samples: int
+    rows: int
+    files: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class IndexState:
+    """The current index build of one v: fresh when it covers every committed sample."""
+
+    v: str
+    state: str
+    samples: int
+    missing: int
+    build: int
+    built_at: str
+    bytes: int
+    m: int | None
+    ef_construction: int | None
+    graph_v: int | None
+
+
+@dataclass
+class ProjectInfo:
+    project: str
+    schema_version: int
+    dmin_version: str
+    identity: dict[str, Any]
+    samples: int
+    failures: int
+    vs: list[StoredV] = field(default_factory=list)
+    indexes: list[IndexState] = field(default_factory=list)
+    queries: int = 0
+    results: int = 0
+    commits: int = 0
+    last_commit_at: str | None = None
+    bytes: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _distinct(project: Project, table: str, column: str) -> int:
+    data = project.read_table(table, columns=[column])
+    return 0 if data is None else len(set(data.column(column).to_pylist()))
+
+
+def _index_state(project: Project, v: str, samples: int) -> IndexState | None:
+    entry = project.latest("index", v=v)
+    if entry is None:
+        return None
+    meta_ref = next((f for f in entry.files if f.table == "index_meta"), None)
+    meta = json.loads(project.checked(meta_ref).read_text()) if meta_ref else {}
+    count = int(entry.meta.get("count", 0))
+    missing = max(0, samples - count)
+    return IndexState(
+        v=v,
+        state="stale" if missing else "fresh",
+        samples=count,
+        missing=missing,
+        build=int(entry.meta.get("build", 0)),
+        built_at=entry.created_at,
+        bytes=sum(f.bytes for f in entry.files),
+        m=meta.get("m"),
+        ef_construction=meta.get("ef_construction"),
+        graph_v=meta.get("graph_v"),
+    )
+
+
+def project_info(root: str | Path) -> ProjectInfo:
+    """Summarize a project (ProjectError when it is not one; IntegrityError when a file it reads is damaged)."""
+    project = Project.open(root)
+    ident = project.identity
+    entries = project.entries()
+    every = ident.to_dict()
+    brief = {k: every[k] for k in IDENTITY_BRIEF}
+    brief["K"] = ident.K
+    brief["identity_hash"] = ident.hash()
+    samples = sum(f.rows for f in project.live_files("samples"))
+    vs = []
+    for v in ident.vs:
+        grads = project.live_files("grads", v)
+        rows = sum(f.rows for f in grads)
+        vs.append(
+            StoredV(
+                v=v,
+                origin="collected" if v in ident.collect_vs else "derived",
+                samples=rows // max(1, ident.K),
+                rows=rows,
+                files=len(grads),
+                bytes=sum(f.bytes for f in grads),
+            )
+        )
+    indexes = [s for v in ident.vs if v != "full" and (s := _index_state(project, v, samples)) is not None]
+    gone = {p for e in entries for p in e.supersedes}
+    return ProjectInfo(
+        project=str(project.root),
+        schema_version=ident.schema_version,
+        dmin_version=ident.dmin_version,
+        identity=brief,
+        samples=samples,
+        failures=_distinct(project, "failures", "source"),
+        vs=vs,
+        indexes=indexes,
+        queries=_distinct(project, "queries", "query_id"),
+        results=sum(f.rows for f in project.live_files("results")),
+        commits=len(entries),
+        last_commit_at=entries[-1].created_at if entries else None,
+        bytes=sum(f.bytes for e in entries for f in e.files if f.path not in gone),
+    )
