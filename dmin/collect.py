@@ -1,4 +1,4 @@
-"""Per-sample gradients streamed through the compressor into the database (DESIGN §1.1–1.6).
+"""Per-sample gradients streamed through the compressor into the database (docs/method.md).
 
 For each sample and each of the K timesteps: the loss with the fixed noise ε_k, one backward pass, and a
 post-accumulate-grad hook on every selected parameter that feeds its gradient to `Compressor.stream` and frees it
@@ -127,6 +127,8 @@ def prepare(
 ) -> Setup:
     """Load the model (and adapter), choose parameters, and build the identity a project must have."""
     dtype = parse_dtype(dtype)
+    if storage_dtype not in ("float32", "float16"):
+        raise UsageError(f"--storage-dtype {storage_dtype!r}: choose float32 or float16")
     dev = resolve_device(device)
     want = parse_vs(vs)
     if resolution is not None and resolution < 8:
@@ -341,11 +343,13 @@ def collect(
     requested = parse_batch_size(batch_size)
     if commit_every < 1:
         raise UsageError(f"--commit-every {commit_every}: commit at least every 1 sample")
+    if limit is not None and limit < 0:
+        raise UsageError(f"--limit {limit}: expected a number of samples ≥ 0")
+    index, count = shard_from_env(shard_arg)  # before anything is created: a bad --shard leaves no project behind
     data_path = str(ds.path.resolve())
     project = Project.create(project_dir, replace(setup.identity, data_path=data_path))
     if project.identity.data_path != data_path:
         project.set_paths(data_path=data_path)
-    index, count = shard_from_env(shard_arg)
     records = ds.records[:limit] if limit is not None else ds.records
     mine = [r for _, r in shard(records, index, count)]
     summary = CollectSummary(total=len(mine), shard=f"{index}/{count}")

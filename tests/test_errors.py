@@ -23,10 +23,6 @@ from dmin_cli.app import main
 from dmin_cli.quiet import PIPE_QUIET
 from tests import tiny
 
-BY_THE_REWORK = pytest.mark.xfail(
-    strict=True, raises=AssertionError, reason="fix in models.py/collect.py by the #12 rework"
-)
-
 
 class Case(NamedTuple):
     args: str  # run from the working folder: proj (a DDPM project), model, data, afile, emptydir, q-*.jsonl, …
@@ -64,9 +60,7 @@ CASES = {
     "collect --model not a pipeline": Case(
         "collect new --model data --data data", 1, r"--model data: no model_index\.json", r"diffusers pipeline dir"
     ),
-    "collect --shard 5/4": pytest.param(  # the line is right, but collect.py parses --shard after creating `new`
-        Case("collect new --model model --data data --shard 5/4", 2, r"--shard 5/4", r"0 ≤ i < N"), marks=BY_THE_REWORK
-    ),
+    "collect --shard 5/4": Case("collect new --model model --data data --shard 5/4", 2, r"--shard 5/4", r"0 ≤ i < N"),
     "collect timestep past the schedule": Case(
         "collect new --model model --data data --timestep-list 500", 2, r"\[500\.0\]", r"lie in \[0, 100\)"
     ),

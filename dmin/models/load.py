@@ -81,7 +81,9 @@ def _quiet_libraries() -> None:
 def read_index(root: Path, spec: str | Path) -> dict[str, Any]:
     index = root / "model_index.json"
     if not root.is_dir():
-        raise ModelLoadError(f"--model {spec}: no such directory")
+        raise ModelLoadError(
+            f"--model {spec}: no such directory; pass a diffusers pipeline directory or a Hub id (org/name)"
+        )
     if not index.is_file():
         raise ModelLoadError(
             f"--model {spec}: no model_index.json; point --model at a diffusers pipeline directory (saved with "
