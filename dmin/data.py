@@ -85,21 +85,26 @@ def _split(row: dict[str, Any], where: str) -> tuple[str | None, int | None, dic
     return caption, label, extra, cap_col is not None, "label" in row
 
 
+def read_jsonl(path: Path, example: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(path:line, object) for each non-blank line of a JSONL file; anything else is a DataError naming the line
+    (`example` shows what a line should look like)."""
+    for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{n}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{where}: malformed JSON ({exc.msg}); fix the line") from exc
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: each line must be a JSON object, e.g. {example}")
+        yield where, row
+
+
 def _read_metadata(folder: Path) -> list[dict[str, Any]]:
     jsonl, csv_path = folder / "metadata.jsonl", folder / "metadata.csv"
     if jsonl.is_file():
-        rows = []
-        for n, line in enumerate(jsonl.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{jsonl}:{n}: malformed JSON ({exc.msg}); fix the line") from exc
-            if not isinstance(row, dict):
-                raise DataError(f"{jsonl}:{n}: each line must be a JSON object")
-            rows.append(row)
-        return rows
+        return [row for _, row in read_jsonl(jsonl, '{"file_name": "0001.png", "text": "a photo of …"}')]
     if csv_path.is_file():
         with open(csv_path, newline="") as f:
             return list(csv.DictReader(f))

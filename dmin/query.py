@@ -21,6 +21,7 @@ from PIL import Image
 
 from dmin.collect import Setup, prepare, query_gradients
 from dmin.compress import fold
+from dmin.data import read_jsonl
 from dmin.errors import DataError, DminError, UsageError
 from dmin.index import current_index, knn, stale_count
 from dmin.models import StepCallback, check_condition
@@ -71,16 +72,7 @@ def read_queries(path: str | Path) -> list[QuerySpec]:
         what = "is a directory" if path.is_dir() else "no such file"
         raise DataError(f"--queries {path}: {what}; pass a JSONL file with one query object per line")
     specs = []
-    for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{n}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{where}: malformed JSON ({exc.msg}); fix the line") from exc
-        if not isinstance(row, dict):
-            raise DataError(f'{where}: each line must be a JSON object, e.g. {{"image": "gen.png", "label": 3}}')
+    for where, row in read_jsonl(path, '{"image": "gen.png", "label": 3}'):
         unknown = sorted(set(row) - set(QUERY_KEYS))
         if unknown:
             raise DataError(f"{where}: unknown key {unknown[0]!r}; the keys are {', '.join(QUERY_KEYS)}")

@@ -23,30 +23,37 @@ _U = np.uint64
 SIGN_TABLE = np.array([[1.0 - 2.0 * ((b >> k) & 1) for k in range(8)] for b in range(256)], dtype=np.float64)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _run_hash(q, p):  # pragma: no cover
+    """(G(q), sign byte) of run q: entry k of the run goes to position k·D/8 + G(q), signed by bit k of the byte."""
+    mask, add, m1, m2, r1, r2, r3 = p[0], p[1], p[2], p[3], p[4], p[5], p[6]
+    sadd, sm1, sm2, m62, sa, sb, sc, sbit = p[7], p[8], p[9], p[10], p[11], p[12], p[13], p[15]
+    x = (_U(q) + add) & mask
+    x ^= x >> r1
+    x = (x * m1) & mask
+    x ^= x >> r2
+    x = (x * m2) & mask
+    x ^= x >> r3
+    y = (x + sadd) & m62
+    y ^= y >> sa
+    y = (y * sm1) & m62
+    y ^= y >> sb
+    y = (y * sm2) & m62
+    y ^= y >> sc
+    return x, (y >> sbit) & _U(255)
+
+
 @njit(cache=True, nogil=True)
 def _scatter_range(g, lo, hi, offset, acc, p, table):  # pragma: no cover
-    mask, add, m1, m2, r1, r2, r3 = p[0], p[1], p[2], p[3], p[4], p[5], p[6]
-    sadd, sm1, sm2, m62, sa, sb, sc, shift, sbit = p[7], p[8], p[9], p[10], p[11], p[12], p[13], p[14], p[15]
-    lr = p[16]  # log2(D/8): where a run's offset goes in a position
+    shift, lr = p[14], p[16]  # lr = log2(D/8): where a run's offset goes in a position
     sq = 0.0
     t = lo
     while t < hi:
         i = offset + t
         k0 = i & 7
         cnt = min(8 - k0, hi - t)
-        x = (_U(i >> 3) + add) & mask
-        x ^= x >> r1
-        x = (x * m1) & mask
-        x ^= x >> r2
-        x = (x * m2) & mask
-        x ^= x >> r3
-        y = (x + sadd) & m62
-        y ^= y >> sa
-        y = (y * sm1) & m62
-        y ^= y >> sb
-        y = (y * sm2) & m62
-        y ^= y >> sc
-        row = table[np.int64((y >> sbit) & _U(255))]
+        x, sbyte = _run_hash(i >> 3, p)
+        row = table[np.int64(sbyte)]
         for k in range(cnt):
             val = np.float64(g[t + k])
             sq += val * val
@@ -121,26 +128,6 @@ _SERIAL_MAX = 1 << 16  # below this many entries (all rows) a parallel launch co
 _FLAT_SIGNS = np.ascontiguousarray(SIGN_TABLE.reshape(-1))
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _run_hash(q, p):  # pragma: no cover
-    """(base, sign byte) of run q: its entries go to run-major slots base·8 + k, signed by bit k of the byte."""
-    mask, add, m1, m2, r1, r2, r3 = p[0], p[1], p[2], p[3], p[4], p[5], p[6]
-    sadd, sm1, sm2, m62, sa, sb, sc, shift, sbit = p[7], p[8], p[9], p[10], p[11], p[12], p[13], p[14], p[15]
-    x = (_U(q) + add) & mask
-    x ^= x >> r1
-    x = (x * m1) & mask
-    x ^= x >> r2
-    x = (x * m2) & mask
-    x ^= x >> r3
-    y = (x + sadd) & m62
-    y ^= y >> sa
-    y = (y * sm1) & m62
-    y ^= y >> sb
-    y = (y * sm2) & m62
-    y ^= y >> sc
-    return x >> shift, (y >> sbit) & _U(255)
-
-
 def _vec_ptr(context, builder, arrty, arr, idx):  # type: ignore[no-untyped-def]
     """Pointer to 8 consecutive elements of a contiguous 1-D array, starting at idx."""
     data = context.make_array(arrty)(context, builder, arr).data
@@ -181,6 +168,7 @@ def _edge(gr, lo, hi, offset, accr, sqr, p, signs):  # pragma: no cover
         q = i >> _U(3)
         k = i & _U(7)
         base, sbyte = _run_hash(q, p)
+        base >>= p[14]
         val = np.float64(gr[t])
         accr[(base << _U(3)) | k] += val * signs[(sbyte << _U(3)) | k]
         sqr[((q & _U(3)) << _U(3)) | k] += val * val
@@ -201,6 +189,7 @@ def _scatter_rows(g, r0, r1, offset, acc, sq, p, signs, block_runs):  # pragma: 
         nb = min(block_runs, runs - b0)
         for j in range(nb):
             base, sbyte = _run_hash(q0 + b0 + j, p)
+            base >>= p[14]
             code[j] = (base << _U(8)) | sbyte
         for r in range(r0, r1):
             gr, accr, sqr = g[r], acc[r], sq[r]

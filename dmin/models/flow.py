@@ -16,16 +16,21 @@ FLUX_T5_TOKENS = 512  # FluxPipeline's and train_dreambooth_lora_flux.py's defau
 FLUX_GUIDANCE = 3.5  # the guidance input of guidance-distilled FLUX (dev), as diffusers' FLUX training scripts use
 
 
-class SD3Family(LatentFamily):
-    """StableDiffusion3Pipeline: SD3Transformer2DModel; text_encoder_3 (T5) may be absent (its tokens are zeros)."""
+class FlowFamily(LatentFamily):
+    """A text-conditioned transformer trained by flow matching (whatever scheduler its pipeline ships)."""
 
-    name = "sd3"
     flow = True
     needs_text = True
     default_steps = 28
 
     def _denoiser(self) -> torch.nn.Module:
         return self.pipe.transformer
+
+
+class SD3Family(FlowFamily):
+    """StableDiffusion3Pipeline: SD3Transformer2DModel; text_encoder_3 (T5) may be absent (its tokens are zeros)."""
+
+    name = "sd3"
 
     def conditioning(self) -> str:
         return f"t5_tokens={SD3_T5_TOKENS}" + ("" if self.pipe.text_encoder_3 is not None else " t5=absent")
@@ -56,17 +61,11 @@ class SD3Family(LatentFamily):
         ).images[0]
 
 
-class FluxFamily(LatentFamily):
+class FluxFamily(FlowFamily):
     """FluxPipeline: FluxTransformer2DModel over 2×2-packed latents with image/text position ids; the guidance
     input only when the transformer has `guidance_embeds` (dev, not schnell). The model takes t / T."""
 
     name = "flux"
-    flow = True
-    needs_text = True
-    default_steps = 28
-
-    def _denoiser(self) -> torch.nn.Module:
-        return self.pipe.transformer
 
     @property
     def guidance(self) -> float | None:
