@@ -2,11 +2,12 @@
 
 A pass over B samples runs B×K examples. Its memory is the batched forward's saved activations (what backward
 needs), the activation gradients backward makes alongside them, and the per-example gradient of the parameter being
-handed over (B×K × its size); the compressor's state (B×K × v floats) is small beside them. dmin measures the saved
-activations of one sample's K examples with a forward-only probe (autograd's saved-tensor hooks count every tensor
-backward would keep, on any device), doubles them for backward, and divides the memory free — free CUDA memory on a
-GPU, half the available RAM on the CPU (other processes and the page cache need the rest) — by that. Past a few
-dozen examples a pass gains little on the CPU, so `auto` stops there.
+handed over (B×K × its size); the compressor's state (B×K × v floats) is small beside them. dmin measures the
+activations of one sample's K examples with a probe forward without autograd (the bytes of every leaf module's
+output, on any device: about what autograd would save, without the memory of building the graph to find out),
+doubles them for backward, and divides the memory free — free CUDA memory on a GPU, half the available RAM on the
+CPU (other processes and the page cache need the rest) — by that. Past a few dozen examples a pass gains little on
+the CPU, so `auto` stops there.
 """
 
 from __future__ import annotations
@@ -47,17 +48,25 @@ def parse_batch_size(value: int | str) -> int | None:
     return value
 
 
-def saved_bytes(forward: Callable[[], object]) -> int:
-    """Bytes of the tensors autograd saves for backward while `forward()` runs (each storage counted once)."""
-    seen: set[tuple[int, int]] = set()
+def activation_bytes(model: torch.nn.Module, forward: Callable[[], object]) -> int:
+    """Bytes of every leaf module's output while `forward()` runs without autograd: about what a pass with autograd
+    keeps for backward (each op's input is the previous op's output), without building the graph to find out."""
+    total = 0
 
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        seen.add((t.untyped_storage().data_ptr(), t.untyped_storage().nbytes()))
-        return t
+    def count(module: torch.nn.Module, args: object, output: object) -> None:
+        nonlocal total
+        if isinstance(output, torch.Tensor):
+            total += output.numel() * output.element_size()
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        forward()
-    return sum(n for _, n in seen)
+    leaves = [m for m in model.modules() if next(m.children(), None) is None]
+    handles = [m.register_forward_hook(count) for m in leaves]
+    try:
+        with torch.no_grad():
+            forward()
+    finally:
+        for h in handles:
+            h.remove()
+    return total
 
 
 def free_memory(device: torch.device) -> int:

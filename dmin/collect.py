@@ -21,7 +21,14 @@ import pyarrow as pa
 import torch
 import xxhash
 
-from dmin.batching import Footprint, choose_batch_size, free_memory, is_out_of_memory, parse_batch_size, saved_bytes
+from dmin.batching import (
+    Footprint,
+    activation_bytes,
+    choose_batch_size,
+    free_memory,
+    is_out_of_memory,
+    parse_batch_size,
+)
 from dmin.compress import BatchAccumulator, Compressor, fold
 from dmin.data import Dataset, Record, load_dataset, shard
 from dmin.errors import DataError, UsageError
@@ -253,18 +260,14 @@ class GradientEngine:
         s = self.setup
         K = s.identity.K
         t = torch.tensor(s.identity.timesteps, dtype=torch.float64, device=s.device)
-        x_t = x0.repeat_interleave(K, 0).requires_grad_(True)  # the graph exists even where parameters are frozen
+        x_t = x0.repeat_interleave(K, 0)
         ctx = torch.autocast(s.device.type, dtype=s.autocast) if s.autocast else nullcontext()
 
         def forward() -> None:
             with ctx:
                 s.family.predict(x_t, t, cond.repeat(K))
 
-        self.grads.pause(True)
-        try:
-            activations = saved_bytes(forward)
-        finally:
-            self.grads.pause(False)
+        activations = activation_bytes(s.family.denoiser, forward)
         largest = max(p.numel() for _, p in s.params)
         return Footprint(2 * activations + 2 * K * largest * 4, free_memory(s.device))
 

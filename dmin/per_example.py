@@ -202,10 +202,6 @@ class PerExampleGrads:
         for _, p in self._params:
             p.requires_grad_(True)
 
-    def pause(self, paused: bool) -> None:
-        """While paused, forward passes are not recorded (a probe that will never run backward)."""
-        self._replaying = paused
-
     def reset(self) -> None:
         """Forget a pass (after an error, e.g. out of memory): nothing half-done reaches the next one."""
         for h in self.hooked:
