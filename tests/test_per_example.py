@@ -83,9 +83,10 @@ def test_batched_per_example_gradients_equal_one_backward_each(lora: bool) -> No
     pred = model(*inputs)
     ((pred - target) ** 2).flatten(1).mean(1).sum().backward()
     engine.finish()
+    assert all(not p.requires_grad and p.grad is None for _, p in params)  # no summed weight gradients were built
     engine.close()
+    assert all(p.requires_grad for _, p in params)  # closing gives the parameters back as they were
     assert set(got) == {n for n, _ in params}
-    assert all(not p.requires_grad for _, p in params)  # autograd never built summed weight gradients
     for e in range(R):
         flat = torch.cat([got[n][e].reshape(-1) for n, _ in params])
         torch.testing.assert_close(flat, want[e], rtol=1e-5, atol=1e-6)
