@@ -242,29 +242,29 @@ def collect(
     batch_size: int = 16,
     strict: bool = False,
     progress: Callable[[CollectSummary], None] | None = None,
+    include_forgotten: bool = False,
 ) -> CollectSummary:
-    """Collect gradients of every not-yet-committed sample of this shard into the project (resumable)."""
+    """Collect gradients of every not-yet-committed sample of this shard into the project (resumable); forgotten
+    samples are skipped unless `include_forgotten`."""
     ds = data if isinstance(data, Dataset) else load_dataset(data)
     check_condition(setup.family, ds.has_caption, ds.has_label)
     if batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
     data_path = str(ds.path.resolve())
     project = Project.create(project_dir, replace(setup.identity, data_path=data_path))
-    if project.identity.data_path != data_path:
-        project.set_paths(data_path=data_path)
     index, count = shard_from_env(shard_arg)
     records = ds.records[:limit] if limit is not None else ds.records
     mine = [r for _, r in shard(records, index, count)]
     summary = CollectSummary(total=len(mine), shard=f"{index}/{count}")
     start = time.perf_counter()
-    done_ids = set(project.sample_ids())
+    done_ids = project.skip_ids(include_forgotten)
     engine = GradientEngine(setup)
     pending: list[tuple[Record, dict[str, np.ndarray], np.ndarray, np.ndarray]] = []
     failures: list[tuple[str, str]] = []
 
     def flush() -> None:
         if pending:
-            entry = project.commit_samples(_batch(pending, setup.identity))
+            entry = project.commit_samples(_batch(pending, setup.identity), data_path, include_forgotten)
             if entry is not None:
                 summary.bytes_written += sum(f.bytes for f in entry.files)
             pending.clear()
