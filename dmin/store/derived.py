@@ -28,10 +28,11 @@ def source_v(have: Iterable[str], v: int) -> str | None:
 
 def derive(vecs: np.ndarray, src: str, v: int, identity: Identity) -> np.ndarray:
     """(…, dim) float vectors at `src` → (…, v) float32 vectors at v."""
+    own = np.array(vecs, dtype=np.float32, order="C")  # a writable copy: stored vectors are read-only mapped pages
     if src != "full":
-        return fold(torch.from_numpy(np.ascontiguousarray(vecs, dtype=np.float32)), v).numpy()
+        return fold(torch.from_numpy(own), v).numpy()
     comp = Compressor(identity.n, identity.compress_seed)
-    rows = torch.from_numpy(np.ascontiguousarray(vecs, dtype=np.float32)).reshape(-1, vecs.shape[-1])
+    rows = torch.from_numpy(own).reshape(-1, vecs.shape[-1])
     out = torch.stack([comp.compress(row.double(), v) for row in rows]) if len(rows) else torch.zeros((0, v))
     return out.reshape(*vecs.shape[:-1], v).numpy()
 

@@ -244,10 +244,10 @@ class Project:
         """Which rows of which committed file are forgotten (`store.liveness`)."""
         entries = self.entries()
         if self._liveness is None or self._liveness[0] != len(entries):
-            self._liveness = (len(entries), Liveness.of(entries, self._ids_in))
+            self._liveness = (len(entries), Liveness.of(entries, self.ids_in))
         return self._liveness[1]
 
-    def _ids_in(self, ref: FileRef) -> frozenset[str]:
+    def ids_in(self, ref: FileRef) -> frozenset[str]:
         """The sample_ids a samples or tombstones file holds (read once per process)."""
         ids = self._ids_of_file.get(ref.path)
         if ids is None:
@@ -266,13 +266,13 @@ class Project:
                 for e in new:
                     for f in e.files:
                         if f.table == "samples":
-                            ids.update(self._ids_in(f))
+                            ids.update(self.ids_in(f))
                 self._live = (len(entries), ids)
                 return ids
         live = self.liveness()
         ids = set()
         for f in self.live_files("samples"):
-            ids.update(self._ids_in(f) - live.dead(f))
+            ids.update(self.ids_in(f) - live.dead(f))
         self._live = (len(entries), ids)
         return ids
 
@@ -299,7 +299,7 @@ class Project:
         """The data root a live sample's source resolves against."""
         live = self.liveness()
         for f in self.live_files("samples"):
-            if sample_id in self._ids_in(f) and sample_id not in live.dead(f):
+            if sample_id in self.ids_in(f) and sample_id not in live.dead(f):
                 return self.data_root(f)
         return None
 
