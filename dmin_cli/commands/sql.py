@@ -60,7 +60,7 @@ def sql_cmd(
     elif csv_out:
 
         def write_csv() -> None:
-            w = csv.writer(sys.stdout)
+            w = csv.writer(sys.stdout, lineterminator="\n")  # one line per row, as Unix tools expect
             w.writerow(names)
             w.writerows(rows)
             sys.stdout.flush()
