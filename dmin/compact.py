@@ -28,10 +28,9 @@ import pyarrow.parquet as pq
 from dmin.index import IndexParams, LoadedIndex, committed_rows, current_index, write_build
 from dmin.store import paths
 from dmin.store.manifest import Entry, FileRef
-from dmin.store.project import Commit, Project, Stage
+from dmin.store.project import SAMPLE_KEYED, Commit, Project, Stage
 
 ORPHAN_GRACE = 600.0  # seconds: far longer than a writer takes from staging its files to publishing its entry
-_ROW_TABLES = ("samples", "grads", "results")  # tables whose rows name a sample_id
 
 
 @dataclass
@@ -59,7 +58,7 @@ def compact(project: Project, orphan_grace: float = ORPHAN_GRACE, params: IndexP
         supersedes: list[str] = []
         dropped: Counter[str] = Counter()
         roots: dict[str, str] = {}
-        for table in _ROW_TABLES:
+        for table in SAMPLE_KEYED:
             for ref in project.live_files(table):
                 dead = liveness.dead(ref)
                 if not dead:

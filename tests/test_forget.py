@@ -272,3 +272,12 @@ def test_forget_and_compact_cli(small_project: Project) -> None:
     report = json.loads(comp.stdout)
     assert comp.returncode == 0 and report["rows_dropped"] == {"samples": 10, "grads v=256": 20}
     assert report["files_deleted"] >= 3 and verify(root, deep=True).healthy
+
+
+def test_tables_without_sample_rows_read_whole_after_a_forget(small_project: Project) -> None:
+    _commit_results_naming(small_project, "id00004")
+    forget(small_project, select(small_project, source="img4.png"))
+    queries = small_project.read_table("queries", columns=["query_id"])
+    assert queries is not None and queries.column("query_id").to_pylist() == ["q1"]
+    results = small_project.read_table("results", columns=["rank"])
+    assert results is not None and results.column("rank").to_pylist() == [2]  # the forgotten one's row is hidden

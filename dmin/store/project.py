@@ -39,6 +39,7 @@ from dmin.store.manifest import Entry, FileRef, parse_entry
 from dmin.store.schema import SAMPLES_BASE, grads_schema, vec_type
 
 MAX_ATTEMPTS = 1000  # re-plans before a writer gives up (each one means another commit landed first)
+SAMPLE_KEYED = ("samples", "grads", "results")  # tables whose rows name a training sample (forgettable)
 
 
 @dataclass
@@ -438,7 +439,7 @@ class Project:
         files = self.live_files(table, v)
         if not files:
             return None
-        liveness = self.liveness() if live else None
+        liveness = self.liveness() if live and table in SAMPLE_KEYED else None
         parts = []
         for f in files:
             dead = liveness.dead(f) if liveness else frozenset()
