@@ -261,23 +261,13 @@ def _lifecycle_base(env: Env) -> tuple[Path, set[str], set[str]]:
     return base, set(pairs.values()), {sid for src, sid in pairs.items() if fnmatch.fnmatchcase(src, FORGET)}
 
 
-def _answers_without(project: Path, env: Env, gone: set[str]) -> bool:
-    """A kNN and an exact query answer, and name none of `gone`."""
+def _answers_without(project: Path, env: Env, gone: set[str], image: str = "0003.png", label: str = "3") -> bool:
+    """A kNN and an exact query (k above the sample count: every live sample ranks) answer, naming none of `gone`.
+    The forget kind asks about a forgotten image (its own best match, were it there); the compact kind about a kept
+    one, as a query's own vectors are the query's, and one made from a forgotten image would hold its bytes."""
     for method in ("--knn", "--exact"):
-        r = run(
-            [
-                "query",
-                str(project),
-                "--image",
-                str(env.data / "0003.png"),
-                "--label",
-                "3",
-                "--k",
-                "20",
-                "--json",
-                method,
-            ]
-        )
+        args = ["query", str(project), "--image", str(env.data / image), "--label", label, "--k", "20", "--json"]
+        r = run([*args, method])
         if r.returncode != 0 or gone & {x["sample_id"] for x in json.loads(r.stdout)["results"]}:
             return False
     return True
@@ -312,15 +302,16 @@ def kill_forget(env: Env, trials: int, rng: random.Random) -> dict[str, Any]:
     }
 
 
-def _holders(project: Path, needles: list[bytes]) -> list[str]:
-    """Files under project holding any needle, raw or in a decoded Parquet string (pages may be compressed)."""
+def _holders(project: Path, text: list[str], binary: list[bytes]) -> list[str]:
+    """Files under project holding any needle: text raw or in a decoded Parquet string (pages may be compressed),
+    binary (vector bytes, stored uncompressed) raw."""
     out = []
     for path in sorted(f for f in project.rglob("*") if f.is_file()):
         raw = path.read_bytes()
         strings: list[str] = []
         if path.suffix == ".parquet":
             strings = [s for c in pq.read_table(path).columns if pa.types.is_string(c.type) for s in c.to_pylist() if s]
-        if any(n in raw or any(n.decode(errors="ignore") in s for s in strings) for n in needles):
+        if any(n.encode() in raw or any(n in s for s in strings) for n in text) or any(n in raw for n in binary):
             out.append(path.relative_to(project).as_posix())
     return out
 
@@ -329,13 +320,14 @@ def kill_compact(env: Env, trials: int, rng: random.Random) -> dict[str, Any]:
     base, everyone, gone = _lifecycle_base(env)
     assert run(["forget", str(base), "--source", FORGET, "--yes"]).returncode == 0
     p = Project.open(base)
-    needles = [src.encode() for src in ("0003.png", "0005.png")]
+    sources = ["0003.png", "0005.png"]
+    vectors = []
     for v in ("64", "16"):
         t = p.read_table("grads", v, live=False)
         assert t is not None
         vec = t.column("vec").combine_chunks().values.to_numpy().reshape(len(t), -1)
-        needles += [vec[i].tobytes() for i, s in enumerate(t.column("sample_id").to_pylist()) if s in gone]
-    assert _holders(base, needles)  # the needles are findable before compacting
+        vectors += [vec[i].tobytes() for i, s in enumerate(t.column("sample_id").to_pylist()) if s in gone]
+    assert _holders(base, sources, []) and _holders(base, [], vectors)  # findable before compacting
     ref = env.fresh("compact-ref")
     shutil.copytree(base, ref)
     seconds = _drive("compact", ref, None)
@@ -348,9 +340,9 @@ def kill_compact(env: Env, trials: int, rng: random.Random) -> dict[str, Any]:
         state = "new" if any(e.kind == "compact" for e in p.entries()) else "old"
         states[state] += 1
         ok = p.sample_ids() == everyone - gone and verify(project, deep=True).healthy
-        ok &= _answers_without(project, env, gone)
+        ok &= _answers_without(project, env, gone, "0000.png", "0")
         r = run(["compact", str(project), "--orphan-grace", "0", "--json"])
-        left = _holders(project, needles)
+        left = _holders(project, sources, vectors)
         ok &= r.returncode == 0 and not left and verify(project, deep=True).healthy
         ok &= snapshot(project) == snapshot(ref)
         passed += ok

@@ -103,9 +103,12 @@ def _batch(p: Project, ids: list[str], seed: int, sources: list[str] | None = No
     )
 
 
+TEXT = ("source", "caption", "metadata", "id")
+
+
 def holders(root: Path, needles: dict[str, bytes]) -> dict[str, list[str]]:
-    """For each needle, the files under root that hold it: in their raw bytes, or (Parquet, whose string pages may be
-    compressed) in any decoded string value."""
+    """For each needle, the files under root that hold it: in their raw bytes, or for text (Parquet string pages may
+    be compressed) in any decoded string value."""
     found: dict[str, list[str]] = {name: [] for name in needles}
     for path in sorted(f for f in root.rglob("*") if f.is_file()):
         raw = path.read_bytes()
@@ -116,7 +119,8 @@ def holders(root: Path, needles: dict[str, bytes]) -> dict[str, list[str]]:
                 if pa.types.is_string(col.type):
                     strings += [s for s in col.to_pylist() if s is not None]
         for name, needle in needles.items():
-            if needle in raw or any(needle.decode(errors="ignore") in s for s in strings):
+            text = needle.decode() if name in TEXT else None  # vector bytes are stored raw (uncompressed pages)
+            if needle in raw or (text is not None and any(text in s for s in strings)):
                 found[name].append(path.relative_to(root).as_posix())
     return found
 
