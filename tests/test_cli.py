@@ -14,7 +14,7 @@ from dmin.errors import DataError, IdentityMismatch, UsageError
 from dmin_cli.app import _register, app, error_line
 
 REPO = Path(__file__).resolve().parents[1]
-COMMANDS = ["collect", "compress", "demo", "index", "query", "sql", "verify"]
+COMMANDS = ["collect", "compact", "compress", "demo", "forget", "index", "query", "roots", "sql", "verify"]
 
 
 def test_every_command_has_help_with_examples_and_is_in_the_readme() -> None:
