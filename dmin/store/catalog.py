@@ -121,7 +121,8 @@ def check_read_only(sql: str) -> None:
         name = re.match(r"^\s*PRAGMA\s+(\w+)", sql, flags=re.IGNORECASE)
         if name and name.group(1).lower() in READ_PRAGMAS:
             return
-    word = sql.split(maxsplit=1)[0].upper() if sql.split() else kind.name
+    first = sql.split(maxsplit=1)[0].upper() if sql.split() else ""
+    word = first if first.isalpha() else kind.name  # the statement as written (INSTALL, not LOAD), else its type
     raise UsageError(
         f"dmin sql only reads: {word} is refused before it runs (allowed: {ALLOWED}); "
         f"export results with --csv, --json or --parquet FILE"
