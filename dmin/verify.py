@@ -76,6 +76,7 @@ class _Verifier(Findings):
             ("files", lambda: self.check_files(ident, refs)),
             ("complete", lambda: self.check_grads_complete(project, ident, refs)),
             ("index", lambda: verify_indexes(project, self)),
+            ("forgotten", lambda: self.check_forgotten(project)),
         ]
         if self.deep:
             stages += [
@@ -266,6 +267,25 @@ class _Verifier(Findings):
                     f"{len(stray)} gradient sample_id(s) are not in samples (e.g. {sorted(stray)[0]})",
                 )
             self.checked[f"samples_v={v}"] = len(counts)
+
+    def check_forgotten(self, project: Project) -> None:
+        """A warning while forgotten samples' bytes are still on disk: rows in live files, or superseded files not
+        deleted yet (readers ignore both; `dmin compact` erases them)."""
+        liveness = project.liveness()
+        if not liveness.tombstones:
+            return
+        held: set[str] = set()
+        for ref in project.live_files("samples"):
+            held |= project.ids_in(ref) & liveness.dead(ref)
+        left = {p for e in project.entries() for p in e.supersedes if (self.root / p).is_file()}
+        self.checked["forgotten"] = len(liveness.forgotten)
+        if held or left:
+            self.warn(
+                "forgotten",
+                paths.TOMBSTONES,
+                f"{len(held)} forgotten sample(s) still have rows in live files and {len(left)} superseded file(s) "
+                f"remain on disk; `dmin compact` erases them",
+            )
 
     # -- deep ---------------------------------------------------------------------------------------------------
     def check_folds(self, project: Project, ident: Identity, live: list[FileRef]) -> None:
