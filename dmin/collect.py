@@ -333,6 +333,7 @@ def collect(
     strict: bool = False,
     progress: Callable[[CollectSummary], None] | None = None,
     on_note: Callable[[str], None] | None = None,
+    include_forgotten: bool = False,
 ) -> CollectSummary:
     """Collect gradients of every not-yet-committed sample of this shard into the project (resumable).
 
@@ -340,7 +341,8 @@ def collect(
     window form one pass), and commits happen only between windows, so a run killed at any instant and resumed
     computes exactly the passes an uninterrupted run would: the project ends bit-identical. A sample that fails
     (unreadable, a label the model lacks, a non-finite gradient) becomes a failures row; the rest of its pass is
-    committed. Out of memory in a pass halves it and goes on (`on_note` says so)."""
+    committed. Out of memory in a pass halves it and goes on (`on_note` says so). Forgotten samples are skipped
+    unless `include_forgotten`."""
     ds = data if isinstance(data, Dataset) else load_dataset(data)
     check_condition(setup.family, ds.has_caption, ds.has_label)
     requested = parse_batch_size(batch_size)
@@ -351,13 +353,11 @@ def collect(
     index, count = shard_from_env(shard_arg)  # before anything is created: a bad --shard leaves no project behind
     data_path = str(ds.path.resolve())
     project = Project.create(project_dir, replace(setup.identity, data_path=data_path))
-    if project.identity.data_path != data_path:
-        project.set_paths(data_path=data_path)
     records = ds.records[:limit] if limit is not None else ds.records
     mine = [r for _, r in shard(records, index, count)]
     summary = CollectSummary(total=len(mine), shard=f"{index}/{count}")
     start = time.perf_counter()
-    done_ids = set(project.sample_ids())
+    done_ids = project.skip_ids(include_forgotten)
     engine = GradientEngine(setup)
     pending: list[Pending] = []
     failures: list[tuple[str, str]] = []
@@ -371,7 +371,7 @@ def collect(
 
     def flush() -> None:
         if pending:
-            entry = project.commit_samples(_batch(pending, setup.identity))
+            entry = project.commit_samples(_batch(pending, setup.identity), data_path, include_forgotten)
             if entry is not None:
                 summary.bytes_written += sum(f.bytes for f in entry.files)
             pending.clear()

@@ -7,7 +7,6 @@ of `to_dict()` are documented in docs/cli.md and reuse dmin.json's names where t
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,6 +72,7 @@ class ProjectInfo:
     identity: dict[str, Any]
     samples: int
     failures: int
+    forgotten: int = 0
     vs: list[StoredV] = field(default_factory=list)
     indexes: list[IndexState] = field(default_factory=list)
     queries: int = 0
@@ -90,25 +90,25 @@ def _distinct(project: Project, table: str, column: str) -> int:
     return 0 if data is None else len(set(data.column(column).to_pylist()))
 
 
-def _index_state(project: Project, v: str, samples: int) -> IndexState | None:
-    entry = project.latest("index", v=v)
-    if entry is None:
+def _index_state(project: Project, v: str) -> IndexState | None:
+    from dmin.index import current_index, stale_count  # index pulls in hnswlib; only projects with an index need it
+
+    idx = current_index(project, v)
+    if idx is None:
         return None
-    meta_ref = next((f for f in entry.files if f.table == "index_meta"), None)
-    meta = json.loads(project.checked(meta_ref).read_text()) if meta_ref else {}
-    count = int(entry.meta.get("count", 0))
-    missing = max(0, samples - count)
+    entry = project.entry_of(idx.files["index_meta"].path)
+    missing = stale_count(project, idx)
     return IndexState(
         v=v,
         state="stale" if missing else "fresh",
-        samples=count,
+        samples=len(idx.labels),
         missing=missing,
-        build=int(entry.meta.get("build", 0)),
+        build=int(idx.meta.get("build", entry.meta.get("build", 0))),
         built_at=entry.created_at,
-        bytes=sum(f.bytes for f in entry.files),
-        m=meta.get("m"),
-        ef_construction=meta.get("ef_construction"),
-        graph_v=meta.get("graph_v"),
+        bytes=sum(f.bytes for f in idx.files.values()),
+        m=idx.meta.get("m"),
+        ef_construction=idx.meta.get("ef_construction"),
+        graph_v=idx.meta.get("graph_v"),
     )
 
 
@@ -121,11 +121,13 @@ def project_info(root: str | Path) -> ProjectInfo:
     brief = {k: every[k] for k in IDENTITY_BRIEF}
     brief["K"] = ident.K
     brief["identity_hash"] = ident.hash()
-    samples = sum(f.rows for f in project.live_files("samples"))
+    samples = len(project.sample_ids())
+    live = project.liveness()
     vs = []
     for v in ident.vs:
         grads = project.live_files("grads", v)
-        rows = sum(f.rows for f in grads)
+        # rows of forgotten samples stay in files until `compact`; they no longer count
+        rows = sum(f.rows - ident.K * len(live.dead(f) & project.ids_in(f)) if live.dead(f) else f.rows for f in grads)
         vs.append(
             StoredV(
                 v=v,
@@ -136,7 +138,7 @@ def project_info(root: str | Path) -> ProjectInfo:
                 bytes=sum(f.bytes for f in grads),
             )
         )
-    indexes = [s for v in ident.vs if v != "full" and (s := _index_state(project, v, samples)) is not None]
+    indexes = [s for v in ident.vs if v != "full" and (s := _index_state(project, v)) is not None]
     gone = {p for e in entries for p in e.supersedes}
     return ProjectInfo(
         project=str(project.root),
@@ -144,6 +146,7 @@ def project_info(root: str | Path) -> ProjectInfo:
         dmin_version=ident.dmin_version,
         identity=brief,
         samples=samples,
+        forgotten=len(project.forgotten()),
         failures=_distinct(project, "failures", "source"),
         vs=vs,
         indexes=indexes,

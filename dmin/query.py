@@ -15,12 +15,10 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import torch
 import xxhash
 from PIL import Image
 
 from dmin.collect import Setup, prepare, query_gradients
-from dmin.compress import fold
 from dmin.data import read_jsonl
 from dmin.errors import DataError, DminError, UsageError
 from dmin.index import current_index, knn, stale_count
@@ -28,7 +26,8 @@ from dmin.models import StepCallback, check_condition
 from dmin.score import exact_scores
 from dmin.store import Project, paths
 from dmin.store.atomic import write_atomic
-from dmin.store.project import grads_table, now_utc
+from dmin.store.derived import complete
+from dmin.store.project import Commit, Stage, grads_table, now_utc
 from dmin.store.schema import QUERIES, RESULTS
 from dmin.stored_v import resolve_v
 
@@ -139,15 +138,6 @@ def open_for_query(
     return project, setup
 
 
-def _vector_for(vecs: dict[str, np.ndarray], v: str, setup: Setup) -> np.ndarray:
-    """The query's (K, dim) vector at v: collected directly, folded from a larger v, or compressed from full."""
-    if v in vecs:
-        return vecs[v]
-    larger = sorted((int(x) for x in vecs if x != "full" and int(x) % int(v) == 0), reverse=False)
-    if larger:
-        return fold(torch.from_numpy(vecs[str(larger[0])]), int(v)).numpy()
-    full = torch.from_numpy(vecs["full"]).double()
-    return torch.stack([setup.compressor.compress(row, int(v)) for row in full]).numpy()
 
 
 def run_query(
@@ -179,7 +169,7 @@ def run_query(
     vecs, norms, losses = query_gradients(setup, image, spec.prompt, spec.label)
     if not np.isfinite(norms).all():
         raise DataError("the query's gradient is not finite; check the image and the model weights")
-    q = _vector_for(vecs, v, setup)
+    q = complete(vecs, [v], project.identity)[v]
     idx = current_index(project, v) if v != "full" else None
     use = method
     if method == "auto":
@@ -264,12 +254,9 @@ def _commit(
     method: str,
     v: str,
 ) -> None:
+    """One commit: the query's metadata, its top-k, and its vectors at every stored v (planned against the newest
+    manifest, so a v derived meanwhile is included)."""
     ident = project.identity
-    seen = project.read_table("results", columns=["query_id", "method", "v"])
-    if seen is not None and {"query_id": query_id, "method": method, "v": v} in seen.to_pylist():
-        return  # the same query, method and v are stored already: a rerun adds no duplicates
-    known = project.read_table("queries", columns=["query_id"])
-    is_new = known is None or query_id not in set(known.column("query_id").to_pylist())
     now = now_utc()
     ts_type = QUERIES.field("created_at").type
     queries = pa.table(
@@ -296,28 +283,42 @@ def _commit(
         },
         schema=RESULTS,
     )
-    tables: list[tuple[str, str | None, str, pa.Table]] = [
-        ("queries", None, "queries/meta", queries),
-        ("results", None, "results", res),
-    ]
-    for sv, vec in vecs.items():
-        tables.append(
-            (
-                "query_grads",
-                sv,
-                paths.query_grads_dir(sv),
-                grads_table("query_id", [query_id], ident.timesteps, vec[None], norms[None], losses[None], ident.dtype),
+    image = Path(image_path).resolve() if image_path is not None else None
+    in_project = image is not None and image.is_relative_to(project.root.resolve())
+
+    def plan(stage: Stage) -> Commit | None:
+        seen = project.read_table("results", columns=["query_id", "method", "v"], live=False)
+        if seen is not None and {"query_id": query_id, "method": method, "v": v} in seen.to_pylist():
+            return None  # the same query, method and v are stored already: a rerun adds no duplicates
+        known = project.read_table("queries", columns=["query_id"])
+        is_new = known is None or query_id not in set(known.column("query_id").to_pylist())
+        files = [
+            stage.table("queries", "queries", None, "queries/meta", queries),
+            stage.table("results", "results", None, "results", res),
+        ]
+        every = complete(vecs, project.identity.vs, ident)
+        for sv in project.identity.vs:
+            files.append(
+                stage.table(
+                    ("query_grads", sv),
+                    "query_grads",
+                    sv,
+                    paths.query_grads_dir(sv),
+                    grads_table(
+                        "query_id", [query_id], ident.timesteps, every[sv][None], norms[None], losses[None], ident.dtype
+                    ),
+                )
             )
-        )
-    extra = []
-    if is_new and image_path is not None and Path(image_path).resolve().is_relative_to(project.root.resolve()):
-        extra.append(("query_images", None, Path(image_path).resolve()))
-    project.commit("queries", tables, meta={"query_id": query_id, "method": method, "v": v}, extra_files=extra)
+        if is_new and in_project and image is not None:
+            files.append(stage.adopt("image", "query_images", None, image))
+        return Commit("queries", files, {"query_id": query_id, "method": method, "v": v})
+
+    project.transact(plan)
 
 
-def load_training_image(project: Project, source: str) -> Image.Image | None:
-    """A training sample's image from the collected data set (None when it is no longer there)."""
-    data = project.identity.data_path
+def load_training_image(project: Project, sample_id: str, source: str) -> Image.Image | None:
+    """A training sample's image from the data root it was collected from (None when it is no longer there)."""
+    data = project.sample_root(sample_id)
     if not data:
         return None
     root = Path(data)

@@ -43,12 +43,18 @@ def block_scores(vecs: np.ndarray, query: np.ndarray) -> np.ndarray:
 
 
 def exact_scores(project: Project, v: str, query: np.ndarray) -> Scores:
-    """Score a query (K, dim) against every committed training sample of grads/v=V."""
+    """Score a query (K, dim) against every live training sample of grads/v=V (forgotten ones are absent)."""
     K = project.identity.K
     ids: list[str] = []
     parts = []
     for block in iter_blocks(project, v):
-        ids.extend(block.keys)
-        parts.append(block_scores(block.vecs, query))
+        scores = block_scores(block.vecs, query)
+        if block.alive is None:
+            ids.extend(block.keys)
+            parts.append(scores)
+        else:  # scored whole (one pass over the mapped pages), then the forgotten rows dropped
+            rows = block.live_rows()
+            ids.extend(block.keys[i] for i in rows)
+            parts.append(scores[rows])
     per_t = np.concatenate(parts) if parts else np.zeros((0, K))
     return Scores(ids, per_t, per_t.sum(axis=1))

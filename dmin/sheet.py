@@ -19,7 +19,7 @@ def contact_sheet(project: Project, result: QueryResult, query_image: Image.Imag
         (query_image, f"query {result.query_id[:10]}", result.method + f" v={result.v}")
     ]
     for r in result.results:
-        img = load_training_image(project, str(r.get("source", "")))
+        img = load_training_image(project, r["sample_id"], str(r.get("source", "")))
         caption = r.get("caption") or (f"label {r['label']}" if r.get("label") is not None else "")
         tiles.append((img, f"#{r['rank']}  {r['score']:.3f}", str(caption)[:22]))
     sheet = Image.new("RGB", (TILE * len(tiles), TILE + LABEL_H), "white")

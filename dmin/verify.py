@@ -20,23 +20,17 @@ import torch
 
 from dmin.compress import Compressor, fold
 from dmin.errors import DminError
+from dmin.findings import Finding, Findings
+from dmin.index import verify_indexes
 from dmin.store import paths
 from dmin.store.atomic import file_checksum
 from dmin.store.identity import Identity
-from dmin.store.project import Entry, FileRef, Project, parse_entry
+from dmin.store.manifest import Entry, FileRef, parse_entry
+from dmin.store.project import Project
 from dmin.store.schema import SAMPLES_BASE, fixed_schema, grads_schema
 from dmin.store.vectors import vec_values
 
-DATA_DIRS = ("samples", "grads", "queries", "results", "failures", "index")
 FOLD_SAMPLES = 8
-
-
-@dataclass(frozen=True)
-class Finding:
-    severity: str  # "defect" | "warning"
-    check: str
-    file: str
-    message: str
 
 
 @dataclass
@@ -62,20 +56,12 @@ class Report:
         }
 
 
-class _Verifier:
+class _Verifier(Findings):
     def __init__(self, root: Path, deep: bool, progress: Callable[[int, int], None] | None = None) -> None:
+        super().__init__(deep)
         self.root = root
-        self.deep = deep
         self.progress = progress
-        self.findings: list[Finding] = []
-        self.checked: Counter[str] = Counter()
         self._pairs_seen: dict[str, set[tuple[str, int]]] = {}
-
-    def defect(self, check: str, file: str, message: str) -> None:
-        self.findings.append(Finding("defect", check, file, message))
-
-    def warn(self, check: str, file: str, message: str) -> None:
-        self.findings.append(Finding("warning", check, file, message))
 
     def run(self) -> Report:
         try:
@@ -87,13 +73,12 @@ class _Verifier:
         self.checked["identity"] += 1
         entries = self.entries(project, ident)
         live = self.live(entries)
-        from dmin.index import verify_indexes
-
         refs = [r for _, r in live]
         stages = [
             ("files", lambda: self.check_files(ident, refs)),
             ("complete", lambda: self.check_grads_complete(project, ident, refs)),
-            ("index", lambda: verify_indexes(project, entries, self)),
+            ("index", lambda: verify_indexes(project, self)),
+            ("forgotten", lambda: self.check_forgotten(project)),
         ]
         if self.deep:
             stages += [
@@ -226,13 +211,14 @@ class _Verifier:
 
     # -- completeness ---------------------------------------------------------------------------------------
     def check_grads_complete(self, project: Project, ident: Identity, live: list[FileRef]) -> None:
+        """Every stored v holds all K timesteps of every live sample, once; forgotten rows do not count."""
+        liveness = project.liveness()
         samples: set[str] = set()
         for ref in live:
             if ref.table == "samples" and (self.root / ref.path).is_file():
                 with contextlib.suppress(OSError, pa.ArrowException, KeyError):  # reported by check_file
-                    samples.update(
-                        pq.read_table(self.root / ref.path, columns=["sample_id"]).column("sample_id").to_pylist()
-                    )
+                    ids = pq.read_table(self.root / ref.path, columns=["sample_id"]).column("sample_id").to_pylist()
+                    samples.update(set(ids) - liveness.dead(ref))
         K = ident.K
         for v in ident.vs:
             counts: Counter[str] = Counter()
@@ -244,7 +230,12 @@ class _Verifier:
                     t = pq.read_table(self.root / ref.path, columns=["sample_id", "t_idx"])
                 except (OSError, pa.ArrowException, KeyError):
                     continue
-                pairs = Counter(zip(t.column("sample_id").to_pylist(), t.column("t_idx").to_pylist(), strict=True))
+                dead = liveness.dead(ref)
+                pairs = Counter(
+                    (s, k)
+                    for s, k in zip(t.column("sample_id").to_pylist(), t.column("t_idx").to_pylist(), strict=True)
+                    if s not in dead
+                )
                 dup += sum(c - 1 for c in pairs.values() if c > 1)
                 for (sid, _), c in pairs.items():
                     counts[sid] += c
@@ -280,6 +271,25 @@ class _Verifier:
                     f"{len(stray)} gradient sample_id(s) are not in samples (e.g. {sorted(stray)[0]})",
                 )
             self.checked[f"samples_v={v}"] = len(counts)
+
+    def check_forgotten(self, project: Project) -> None:
+        """A warning while forgotten samples' bytes are still on disk: rows in live files, or superseded files not
+        deleted yet (readers ignore both; `dmin compact` erases them)."""
+        liveness = project.liveness()
+        if not liveness.tombstones:
+            return
+        held: set[str] = set()
+        for ref in project.live_files("samples"):
+            held |= project.ids_in(ref) & liveness.dead(ref)
+        left = {p for e in project.entries() for p in e.supersedes if (self.root / p).is_file()}
+        self.checked["forgotten"] = len(liveness.forgotten)
+        if held or left:
+            self.warn(
+                "forgotten",
+                paths.TOMBSTONES,
+                f"{len(held)} forgotten sample(s) still have rows in live files and {len(left)} superseded file(s) "
+                f"remain on disk; `dmin compact` erases them",
+            )
 
     # -- deep ---------------------------------------------------------------------------------------------------
     def check_folds(self, project: Project, ident: Identity, live: list[FileRef]) -> None:
@@ -347,7 +357,7 @@ class _Verifier:
 
     def check_orphans(self, entries: list[Entry]) -> None:
         named = {f.path for e in entries for f in e.files}
-        for top in DATA_DIRS:
+        for top in paths.DATA_DIRS:
             folder = self.root / top
             if not folder.is_dir():
                 continue
@@ -388,7 +398,7 @@ def schema_problem(ident: Identity, ref: FileRef, schema: pa.Schema) -> str | No
         extras = [f for f in list(schema)[len(SAMPLES_BASE) :] if not pa.types.is_string(f.type)]
         if extras:
             return f"metadata column {extras[0].name} has type {extras[0].type}, expected string"
-    elif ref.table in ("queries", "results", "failures"):
+    elif ref.table in ("queries", "results", "failures", "tombstones"):
         want = fixed_schema(ref.table)
         fields = list(schema)
     else:

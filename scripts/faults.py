@@ -4,7 +4,11 @@ for each fault kind, {"trials": N, "passed": M, "detail": …}. `--trials` sets 
 
 kill_collect      kill -9 during collect at random instants, resume; final project == an uninterrupted run
 kill_other        kill -9 during index, compress and query: the previous index/tables stay valid and usable
-shards            4 concurrent `--shard i/4` processes, twice over the same data: complete, no duplicates
+shards            4 concurrent `--shard i/4` processes with flock unavailable (it raises ENOLCK, as on NFS without a
+                  lock manager), twice over the same data: complete, no duplicates, dense row ids
+forget            kill -9 at a random instant of a forget: the old or the new state, valid; a rerun completes it
+compact           kill -9 at a random instant of a compact: the old or the new state, valid, forgotten samples
+                  absent either way; a rerun completes it and no file holds a byte of them
 corruption        truncate / flip bytes / delete / swap-from-another-project for every file kind: verify exits 1
                   naming the file (which of quick or deep catches it is in detail); query refuses cleanly
 hostile_input     broken images, metadata, escaping paths, pickle weights, remote code, NaN weights, identity
@@ -15,6 +19,7 @@ disk_full         writes fail part-way (RLIMIT_FSIZE): clean error, project unch
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import os
 import random
@@ -24,11 +29,15 @@ import signal
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -38,8 +47,19 @@ from dmin.verify import verify  # noqa: E402
 from tests import tiny  # noqa: E402
 
 DMIN = [sys.executable, "-m", "dmin_cli"]
+# dmin with flock and lockf failing as they do on NFS without a lock manager: commits must not need them
+NO_FLOCK = textwrap.dedent("""
+    import errno, fcntl
+    def no_locks(*args, **kwargs):
+        raise OSError(errno.ENOLCK, "No locks available")
+    fcntl.flock = fcntl.lockf = no_locks
+    from dmin_cli.app import main
+    main()
+""")
+DMIN_NO_FLOCK = [sys.executable, "-c", NO_FLOCK]
 # Batched passes of 3 samples (6 examples), a commit after every pass: kills land inside passes and between them.
 COLLECT = ["--timesteps", "2", "--v", "64", "--v", "16", "--batch-size", "3", "--commit-every", "1"]
+FORGET = "000[35].png"  # the sources the forget and compact kinds forget
 
 
 def run(args: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
@@ -62,6 +82,19 @@ def snapshot(root: Path) -> dict[tuple[str, str, int], bytes]:
                 raise AssertionError(f"duplicate row {key}")
             out[key] = vec[i].tobytes()
     return out
+
+
+def same_rows(got: dict[tuple[str, str, int], bytes], ref: dict[tuple[str, str, int], bytes], rtol: float) -> bool:
+    """The same rows as `ref`, each vector within `rtol` (relative L2) of its reference: for runs whose batched
+    passes group samples differently (shards), which changes float32 rounding, never a value."""
+    if got.keys() != ref.keys():
+        return False
+    for key, want in ref.items():
+        a = np.frombuffer(want, np.float32).astype(np.float64)
+        b = np.frombuffer(got[key], np.float32).astype(np.float64)
+        if np.linalg.norm(a - b) > rtol * np.linalg.norm(a):
+            return False
+    return True
 
 
 def one_line_error(r: subprocess.CompletedProcess[str], codes: tuple[int, ...] = (1,)) -> bool:
@@ -154,7 +187,7 @@ def shards(env: Env, trials: int) -> dict[str, Any]:
             procs = [
                 subprocess.Popen(
                     [
-                        *DMIN,
+                        *DMIN_NO_FLOCK,
                         "collect",
                         str(project),
                         "--model",
@@ -175,12 +208,184 @@ def shards(env: Env, trials: int) -> dict[str, Any]:
             if any(codes):
                 fails.append(f"round exit codes {codes}")
         try:
-            ok = snapshot(project) == env.ref_rows and verify(project, deep=True).healthy
+            rows = Project.open(project).read_table("samples", columns=["row_id"])
+            dense = rows is not None and sorted(rows.column("row_id").to_pylist()) == list(range(len(rows)))
+            # each shard batches its own samples, so rows match the one-process run to float32 rounding
+            ok = same_rows(snapshot(project), env.ref_rows, 1e-5) and verify(project, deep=True).healthy and dense
         except AssertionError as exc:
             ok = False
             fails.append(str(exc))
         passed += ok
-    return {"trials": trials, "passed": passed, "detail": fails[:5] or "complete, no duplicates, no lost rows"}
+    return {
+        "trials": trials,
+        "passed": passed,
+        "detail": fails[:5] or "without flock: complete, no duplicates, no lost rows, dense row ids, vectors within "
+        "1e-5 of one process",
+    }
+
+
+DRIVER = textwrap.dedent("""
+    import sys, time
+    sys.path.insert(0, {repo!r})
+    from dmin.compact import compact
+    from dmin.forget import forget, select
+    from dmin.store import Project
+    Project.open({root!r}).read_table("samples")  # warm: imports and first reads happen before the clock starts
+    print("ready", flush=True)
+    sys.stdin.readline()
+    start = time.perf_counter()
+    p = Project.open({root!r})
+    if {kind!r} == "forget":
+        forget(p, select(p, source={glob!r}))
+    else:
+        compact(p, orphan_grace=0)
+    print(f"done {{time.perf_counter() - start}}", flush=True)
+""")
+
+
+def _drive(kind: str, project: Path, kill_after: float | None) -> tuple[float, bool]:
+    """Run a forget or compact in a process that has imported dmin and read the project already, so the kill lands
+    in the operation itself; kill -9 it `kill_after` seconds after it starts (None: let it finish). Returns the
+    operation's seconds (as the process measured it; when killed, until the kill) and whether the kill interrupted
+    it (False: it had finished first)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", DRIVER.format(repo=str(REPO), root=str(project), kind=kind, glob=FORGET)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    assert proc.stdout.readline() == "ready\n"
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
+    if kill_after is None:
+        line = proc.stdout.readline()
+        proc.wait()
+        return float(line.split()[1]), False
+    time.sleep(kill_after)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return kill_after, proc.returncode == -signal.SIGKILL
+
+
+def _op_seconds(kind: str, base: Path, env: Env, runs: int = 3) -> float:
+    """The median duration of an uninterrupted operation on copies of base: kill instants are drawn over it."""
+    times = []
+    for _ in range(runs):
+        ref = env.fresh(f"{kind}-timing")
+        shutil.copytree(base, ref)
+        times.append(_drive(kind, ref, None)[0])
+    return float(np.median(times))
+
+
+def _lifecycle_base(env: Env) -> tuple[Path, set[str], set[str]]:
+    """The reference project with an index and a query, its live sample_ids, and those FORGET selects."""
+    base = env.fresh("lifecycle-base")
+    shutil.copytree(env.ref, base)
+    assert run(["index", str(base), "--v", "64"]).returncode == 0
+    assert run(["query", str(base), "--image", str(env.data / "0000.png"), "--label", "0", "--exact"]).returncode == 0
+    p = Project.open(base)
+    samples = p.read_table("samples", columns=["sample_id", "source"])
+    assert samples is not None
+    pairs = dict(zip(samples.column("source").to_pylist(), samples.column("sample_id").to_pylist(), strict=True))
+    return base, set(pairs.values()), {sid for src, sid in pairs.items() if fnmatch.fnmatchcase(src, FORGET)}
+
+
+def _answers_without(project: Path, env: Env, gone: set[str], image: str = "0003.png", label: str = "3") -> bool:
+    """A kNN and an exact query (k above the sample count: every live sample ranks) answer, naming none of `gone`.
+    The forget kind asks about a forgotten image (its own best match, were it there); the compact kind about a kept
+    one, as a query's own vectors are the query's, and one made from a forgotten image would hold its bytes."""
+    for method in ("--knn", "--exact"):
+        args = ["query", str(project), "--image", str(env.data / image), "--label", label, "--k", "20", "--json"]
+        r = run([*args, method])
+        if r.returncode != 0 or gone & {x["sample_id"] for x in json.loads(r.stdout)["results"]}:
+            return False
+    return True
+
+
+def kill_forget(env: Env, trials: int, rng: random.Random) -> dict[str, Any]:
+    base, everyone, gone = _lifecycle_base(env)
+    seconds = _op_seconds("forget", base, env)
+    passed, fails, states = 0, [], Counter()
+    for trial in range(trials):
+        project = env.fresh("forget-trial")
+        shutil.copytree(base, project)
+        _, interrupted = _drive("forget", project, rng.uniform(0, seconds))
+        states["interrupted" if interrupted else "finished first"] += 1
+        live = Project.open(project).sample_ids()
+        state = "new" if live == everyone - gone else "old" if live == everyone else "neither"
+        states[state] += 1
+        ok = state != "neither" and verify(project, deep=True).healthy
+        ok &= _answers_without(project, env, gone if state == "new" else set())
+        r = run(["forget", str(project), "--source", FORGET, "--yes", "--json"])
+        ok &= r.returncode == 0 and Project.open(project).sample_ids() == everyone - gone
+        ok &= verify(project, deep=True).healthy
+        passed += ok
+        if not ok:
+            fails.append(f"trial {trial} ({state} state): {r.stderr.strip()[:200]}")
+    return {
+        "trials": trials,
+        "passed": passed,
+        "detail": fails[:5]
+        or f"after the kill: {dict(states)} (uninterrupted forget {seconds:.2f} s); rerun completes",
+    }
+
+
+def _holders(project: Path, text: list[str], binary: list[bytes]) -> list[str]:
+    """Files under project holding any needle: text raw or in a decoded Parquet string (pages may be compressed),
+    binary (vector bytes, stored uncompressed) raw."""
+    out = []
+    for path in sorted(f for f in project.rglob("*") if f.is_file()):
+        raw = path.read_bytes()
+        strings: list[str] = []
+        if path.suffix == ".parquet":
+            strings = [s for c in pq.read_table(path).columns if pa.types.is_string(c.type) for s in c.to_pylist() if s]
+        if any(n.encode() in raw or any(n in s for s in strings) for n in text) or any(n in raw for n in binary):
+            out.append(path.relative_to(project).as_posix())
+    return out
+
+
+def kill_compact(env: Env, trials: int, rng: random.Random) -> dict[str, Any]:
+    base, everyone, gone = _lifecycle_base(env)
+    assert run(["forget", str(base), "--source", FORGET, "--yes"]).returncode == 0
+    p = Project.open(base)
+    sources = ["0003.png", "0005.png"]
+    vectors = []
+    for v in ("64", "16"):
+        t = p.read_table("grads", v, live=False)
+        assert t is not None
+        vec = t.column("vec").combine_chunks().values.to_numpy().reshape(len(t), -1)
+        vectors += [vec[i].tobytes() for i, s in enumerate(t.column("sample_id").to_pylist()) if s in gone]
+    assert _holders(base, sources, []) and _holders(base, [], vectors)  # findable before compacting
+    ref = env.fresh("compact-ref")
+    shutil.copytree(base, ref)
+    _drive("compact", ref, None)
+    seconds = _op_seconds("compact", base, env)
+    passed, fails, states = 0, [], Counter()
+    for trial in range(trials):
+        project = env.fresh("compact-trial")
+        shutil.copytree(base, project)
+        _, interrupted = _drive("compact", project, rng.uniform(0, seconds))
+        states["interrupted" if interrupted else "finished first"] += 1
+        p = Project.open(project)
+        state = "new" if any(e.kind == "compact" for e in p.entries()) else "old"
+        states[state] += 1
+        ok = p.sample_ids() == everyone - gone and verify(project, deep=True).healthy
+        ok &= _answers_without(project, env, gone, "0000.png", "0")
+        r = run(["compact", str(project), "--orphan-grace", "0", "--json"])
+        left = _holders(project, sources, vectors)
+        ok &= r.returncode == 0 and not left and verify(project, deep=True).healthy
+        ok &= snapshot(project) == snapshot(ref)
+        passed += ok
+        if not ok:
+            fails.append(f"trial {trial} ({state} state): {left[:3]} {r.stderr.strip()[:200]}")
+    return {
+        "trials": trials,
+        "passed": passed,
+        "detail": fails[:5]
+        or f"kills: {dict(states)} (median uninterrupted compact {seconds:.3f} s); forgotten samples absent in "
+        f"old and new state; a rerun leaves no file holding their source or vector bytes",
+    }
 
 
 def _damage(path: Path, how: str, donor: Path | None, rng: random.Random) -> None:
@@ -429,6 +634,8 @@ def main() -> None:
             "kill_collect": lambda: kill_collect(env, args.trials, rng),
             "kill_other": lambda: kill_other(env, max(3, args.trials // 5), rng),
             "shards": lambda: shards(env, max(1, args.trials // 25)),
+            "forget": lambda: kill_forget(env, max(1, args.trials // 2), rng),
+            "compact": lambda: kill_compact(env, max(1, args.trials // 2), rng),
             "corruption": lambda: corruption(env, rng),
             "hostile_input": lambda: hostile_input(env),
             "disk_full": lambda: disk_full(env),

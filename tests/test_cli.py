@@ -16,7 +16,7 @@ from dmin_cli.app import app, error_line
 
 REPO = Path(__file__).resolve().parents[1]
 DMIN = [sys.executable, "-m", "dmin_cli"]
-COMMANDS = ["collect", "compress", "demo", "index", "info", "query", "sql", "verify"]
+COMMANDS = ["collect", "compact", "compress", "demo", "forget", "index", "info", "query", "roots", "sql", "verify"]
 
 
 def test_every_command_has_help_with_examples_and_is_in_the_readme() -> None:
@@ -65,6 +65,7 @@ def test_version_and_completion_answer_without_loading_torch() -> None:
     env = {**os.environ, "_DMIN_COMPLETE": "complete_bash", "COMP_WORDS": "dmin query proj --pe", "COMP_CWORD": "3"}
     assert subprocess.run(DMIN, capture_output=True, text=True, env=env).stdout.split() == ["--per-t"]
     env.update(COMP_WORDS="dmin co", COMP_CWORD="1")
-    assert subprocess.run(DMIN, capture_output=True, text=True, env=env).stdout.split() == ["collect", "compress"]
+    completed = subprocess.run(DMIN, capture_output=True, text=True, env=env).stdout.split()
+    assert completed == ["collect", "compress", "compact"]
     script = subprocess.run([*DMIN, "--show-completion", "bash"], capture_output=True, text=True).stdout
     assert "_DMIN_COMPLETE=complete_bash" in script

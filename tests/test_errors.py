@@ -129,6 +129,26 @@ CASES = {
     "sql on a file": Case("sql afile 'SELECT 1'", 1, r"afile is a file", r"pass the project's directory"),
     "sql on a plain folder": Case("sql emptydir 'SELECT 1'", 1, r"not a dmin project", r"dmin collect emptydir"),
     "sql --json --csv": Case("sql proj 'SELECT 1' --json --csv", 2, r"just one of", r"--json or --csv"),
+    "sql that writes": Case(
+        "sql proj \"COPY (SELECT 42) TO 'proj/dmin.json'\"", 2, r"COPY is refused before it runs", r"--parquet FILE"
+    ),
+    "sql --parquet inside the project": Case(
+        "sql proj 'SELECT 1' --parquet proj/x.parquet", 2, r"inside the project", r"choose a path outside it"
+    ),
+    # -- forget, compact, roots ---------------------------------------------------------------------------------
+    "forget without a selector": Case("forget proj", 2, r"select what to forget", r"--source GLOB"),
+    "forget in a pipe without --yes": Case(
+        "forget proj --source '*' --json", 2, r"forget asks before it commits", r"pass --yes"
+    ),
+    "forget --where on a missing column": Case(
+        "forget proj --where 'nosuch = 1' --yes", 2, r'column "nosuch" not found', r"condition over the samples"
+    ),
+    "compact a negative grace": Case("compact proj --orphan-grace -1", 2, r"--orphan-grace -1", r"seconds ≥ 0"),
+    "compact no project": Case("compact nope", 1, r"nope: no such directory", r"dmin collect nope"),
+    "roots --from without --to": Case("roots proj --from /x", 2, r"needs both", r"--to NEW"),
+    "roots --from an unknown root": Case(
+        "roots proj --from /nowhere --to data", 2, r"not a data root of this project", r"see `dmin roots`"
+    ),
     # -- verify, info -------------------------------------------------------------------------------------------
     "verify no project": Case("verify nope", 1, r"nope: no such directory", r"dmin collect nope"),
     "verify a file": Case("verify afile --deep --json", 1, r"afile is a file", r"pass the project's directory"),

@@ -48,3 +48,9 @@ def test_corruption_is_caught_and_named(env: Any) -> None:
     cases = {("grads", "flip"), ("index binary", "truncate")}  # damaged vectors; a binary hnswlib must never load
     result = faults.corruption(env, random.Random(2), only=cases)
     assert result["trials"] == len(cases) and passed_all(result), result
+
+
+def test_kill_during_forget_and_compact_leaves_a_valid_state(env: Any) -> None:
+    for kind in (faults.kill_forget, faults.kill_compact):
+        result = kind(env, 1, random.Random(3))
+        assert passed_all(result), result

@@ -8,6 +8,7 @@ import pyarrow as pa
 from typer.testing import CliRunner
 
 from dmin.derive import derive_v
+from dmin.forget import forget, select
 from dmin.index import IndexParams, build_index
 from dmin.info import IDENTITY_BRIEF, project_info
 from dmin.store import Project
@@ -84,6 +85,13 @@ def test_info_follows_the_project(small_project: Project) -> None:
     live = p.entries()
     assert info.bytes == sum((p.root / f.path).stat().st_size for e in live for f in e.files if f.path not in gone)
     assert info.commits == len(live) and info.last_commit_at == live[-1].created_at
+
+    forget(p, select(p, sample_ids=[], source="img3.png"))  # a sample the index holds
+    info = project_info(p.root)
+    assert info.samples == 24 and info.forgotten == 1
+    assert [(s.v, s.samples, s.rows) for s in info.vs] == [("256", 24, 48), ("64", 24, 48)]
+    (index,) = info.indexes
+    assert (index.state, index.missing) == ("stale", 5)  # the new samples it lacks; the forgotten one is filtered
 
 
 def test_info_command_shows_the_brief_and_json(small_project: Project) -> None:

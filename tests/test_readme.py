@@ -45,7 +45,9 @@ def commands(block: str) -> list[list[str]]:
 def test_the_readme_marks_its_examples_and_the_package_exports_what_they_use() -> None:
     assert len(marked_blocks("bash")) == 1 and len(marked_blocks("python")) == 1
     cli = commands(marked_blocks("bash")[0])
-    assert {argv[0] for argv in cli} == {"collect", "index", "query", "sql", "compress", "verify", "info"}
+    assert {argv[0] for argv in cli} == {
+        "collect", "index", "query", "sql", "compress", "verify", "info", "forget", "compact", "roots"
+    }
     used = set(re.findall(r"\bdmin\.(\w+)", README.read_text()))
     missing = used - set(dmin.__all__) - {"json", "errors"}  # dmin.json is the identity file, dmin.errors a module
     assert not missing, f"the README uses names dmin does not export: {missing}"

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import re
+
 IDENTITY = "dmin.json"
 MANIFEST = "manifest"
-LOCK = ".dmin.lock"
 TMP_PREFIX = ".tmp-"
 TABLES = ("samples", "queries", "results", "failures")
+TOMBSTONES = "tombstones"
+# Folders that hold committed files (and, after an interrupted write, unnamed ones that `compact` sweeps).
+DATA_DIRS = ("samples", "grads", "queries", "results", "failures", "index", TOMBSTONES)
+# An unnamed file under a data folder is swept by `compact` only once older than this: far longer than a writer
+# takes from staging its files to publishing its entry.
+ORPHAN_GRACE = 600.0  # seconds
 SCHEMA_VERSION = 2  # 2: dmin.json records the training schedule, compute dtype and conditioning
 
 
@@ -23,13 +30,21 @@ def query_grads_dir(v: int | str) -> str:
     return f"queries/grads/v={v_name(v)}"
 
 
-def index_dir(v: int | str, build: int) -> str:
-    return f"index/v={v_name(v)}/b{build:06d}"
+def index_dir(v: int | str, build: int, token: str) -> str:
+    """One index build's folder; the token keeps two racing builds of the same number apart."""
+    return f"index/v={v_name(v)}/b{build:06d}-{token}"
 
 
-def part_name(seq: int, j: int = 0) -> str:
-    """File j of commit seq in one table folder."""
-    return f"part-{seq:09d}-{j:03d}.parquet"
+def build_of(path: str) -> int:
+    """The build number in an index file's path (b000003 or b000003-<token>)."""
+    found = re.search(r"/b(\d{6})(?:-[0-9a-f]+)?/", path)
+    return int(found.group(1)) if found else 0
+
+
+def part_name(token: str, j: int = 0) -> str:
+    """File j of one writer's staged commit. Names are unique per writer (not per sequence number): a writer
+    stages its files before it knows which manifest entry will name them."""
+    return f"part-{token}-{j:03d}.parquet"
 
 
 def manifest_name(seq: int) -> str:

@@ -1,20 +1,25 @@
-"""A project directory: identity, manifest (the commit log), committed Parquet files, and the lock writers share.
+"""A project directory: identity, manifest (the commit log), committed Parquet files, and the commit protocol.
 
-Commit protocol (DESIGN §2): under the project lock, data files are written atomically (temp, fsync, rename), then
-one manifest entry naming them — with size, row count and xxh3 — is written atomically. A file exists for readers
-only once an entry names it, so a writer killed at any instant leaves the project as it was plus unnamed garbage.
-The lock (flock on `.dmin.lock`) is held only while committing, so shards compute in parallel and contend only for
-the short write; it also makes row_id assignment dense and sample_id de-duplication exact across shards.
+Commit protocol (docs/database.md): optimistic, with no lock. A writer plans its commit against the newest manifest
+it has read (which samples are new, their row ids, which v's are stored, the current index), stages its files under
+names no other writer uses (temp, fsync, rename), then publishes entry N+1 put-if-absent (`manifest.publish`). When
+another writer published N+1 first, it re-reads the manifest and plans again, keeping the staged files that still
+fit. Hence, with no flock: sample_ids de-duplicated exactly across concurrent writers, row ids assigned in
+contiguous ranges that follow each other, every file named by exactly one entry, readers seeing a file only once an
+entry names it. A writer killed at any instant leaves the project as it was plus unnamed files (`compact` sweeps
+them).
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import json
+import functools
 import os
+import random
 import socket
-from collections.abc import Iterator, Sequence
+import time
+import uuid
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,93 +28,23 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import xxhash
 
 from dmin.errors import IntegrityError, ProjectError
-from dmin.store import paths
-from dmin.store.atomic import file_checksum, write_bytes_atomic, write_parquet_atomic
+from dmin.store import manifest, paths
+from dmin.store.atomic import file_checksum, write_parquet_atomic
+from dmin.store.derived import complete
 from dmin.store.identity import Identity
+from dmin.store.liveness import Liveness
+from dmin.store.manifest import Entry, FileRef, parse_entry
 from dmin.store.schema import SAMPLES_BASE, grads_schema, vec_type
 
-
-@dataclass(frozen=True)
-class FileRef:
-    """One committed file as its manifest entry names it."""
-
-    path: str
-    table: str
-    v: str | None
-    rows: int
-    bytes: int
-    xxh3: str
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One manifest entry: a commit."""
-
-    seq: int
-    kind: str
-    files: tuple[FileRef, ...]
-    identity_hash: str
-    writer: str = ""
-    created_at: str = ""
-    supersedes: tuple[str, ...] = ()
-    row_ids: tuple[int, int] | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> str:
-        body = _entry_body(self)
-        body["checksum"] = xxhash.xxh3_128_hexdigest(json.dumps(body, sort_keys=True).encode())
-        return json.dumps(body, indent=1, sort_keys=True) + "\n"
-
-
-def _entry_body(e: Entry) -> dict[str, Any]:
-    return {
-        "seq": e.seq,
-        "kind": e.kind,
-        "writer": e.writer,
-        "created_at": e.created_at,
-        "identity_hash": e.identity_hash,
-        "supersedes": list(e.supersedes),
-        "row_ids": list(e.row_ids) if e.row_ids else None,
-        "meta": e.meta,
-        "files": [
-            {"path": f.path, "table": f.table, "v": f.v, "rows": f.rows, "bytes": f.bytes, "xxh3": f.xxh3}
-            for f in e.files
-        ],
-    }
-
-
-def parse_entry(text: str, where: str) -> Entry:
-    """Parse and checksum-verify one manifest entry; IntegrityError names the file when anything is off."""
-    try:
-        raw = json.loads(text)
-        checksum = raw.pop("checksum")
-        if xxhash.xxh3_128_hexdigest(json.dumps(raw, sort_keys=True).encode()) != checksum:
-            raise IntegrityError(f"{where}: manifest entry checksum mismatch (the entry was modified or damaged)")
-        files = tuple(FileRef(**f) for f in raw["files"])
-        row_ids = tuple(raw["row_ids"]) if raw.get("row_ids") else None
-        return Entry(
-            seq=int(raw["seq"]),
-            kind=raw["kind"],
-            files=files,
-            identity_hash=raw["identity_hash"],
-            writer=raw.get("writer", ""),
-            created_at=raw.get("created_at", ""),
-            supersedes=tuple(raw.get("supersedes", ())),
-            row_ids=row_ids,  # type: ignore[arg-type]
-            meta=raw.get("meta", {}),
-        )
-    except IntegrityError:
-        raise
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise IntegrityError(f"{where}: manifest entry is unreadable ({type(exc).__name__}: {exc})") from exc
+MAX_ATTEMPTS = 1000  # re-plans before a writer gives up (each one means another commit landed first)
+SAMPLE_KEYED = ("samples", "grads", "results")  # tables whose rows name a training sample (forgettable)
 
 
 @dataclass
 class SampleBatch:
-    """Samples with their gradients for every stored v, ready to commit together (all K timesteps or nothing)."""
+    """Samples with their gradients for the collected v's, ready to commit together (all K timesteps or nothing)."""
 
     sample_ids: list[str]
     sources: list[str]
@@ -125,22 +60,87 @@ class SampleBatch:
         return len(self.sample_ids)
 
 
+@dataclass
+class Commit:
+    """What a plan asks to publish: files staged through a `Stage`, and the entry's other fields."""
+
+    kind: str
+    files: list[FileRef]
+    meta: dict[str, Any] = field(default_factory=dict)
+    supersedes: Sequence[str] = ()
+    row_ids: tuple[int, int] | None = None
+
+
+class Stage:
+    """Files written for one commit not yet published, under names unique to this writer. Each is kept under a key
+    that says what it holds, so a lost race costs a re-plan, not a rewrite; those no entry names are removed."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.token = uuid.uuid4().hex[:12]
+        self._files: dict[Hashable, FileRef] = {}
+        self._count = 0
+
+    def table(
+        self, key: Hashable, table: str, v: str | None, folder: str, data: pa.Table | Callable[[], pa.Table]
+    ) -> FileRef:
+        """The staged file for `key`, written the first time from `data` (or the table `data()` makes)."""
+        ref = self._files.get(key)
+        if ref is None:
+            rel = f"{folder}/{paths.part_name(self.token, self._count)}"
+            self._count += 1
+            if callable(data):
+                data = data()
+            checksum = write_parquet_atomic(self.root / rel, data)
+            ref = FileRef(rel, table, v, len(data), (self.root / rel).stat().st_size, checksum)
+            self._files[key] = ref
+        return ref
+
+    def adopt(self, key: Hashable, table: str, v: str | None, path: Path) -> FileRef:
+        """A file the caller wrote itself (an index binary, a generated query image)."""
+        ref = self._files.get(key)
+        if ref is None:
+            rel = path.relative_to(self.root.resolve() if path.is_absolute() else self.root).as_posix()
+            rows = pq.read_metadata(path).num_rows if path.suffix == ".parquet" else 0
+            ref = FileRef(rel, table, v, rows, path.stat().st_size, file_checksum(path))
+            self._files[key] = ref
+        return ref
+
+    def has(self, key: Hashable) -> bool:
+        return key in self._files
+
+    def vanished(self) -> bool:
+        """Forget staged files that are gone (swept by a concurrent `compact --orphan-grace 0`); True if any were."""
+        gone = [k for k, ref in self._files.items() if not (self.root / ref.path).is_file()]
+        for k in gone:
+            del self._files[k]
+        return bool(gone)
+
+    def discard(self, keep: set[str]) -> None:
+        for ref in self._files.values():
+            if ref.path not in keep:
+                (self.root / ref.path).unlink(missing_ok=True)
+        self._files.clear()
+
+
 def now_utc() -> datetime:
     return datetime.now(timezone.utc)
 
 
 class Project:
-    """A gradient database on local disk. Cheap to open; reads only what it is asked for."""
+    """A gradient database on disk. Cheap to open; reads only what it is asked for."""
 
     def __init__(self, root: Path, identity: Identity) -> None:
         self.root = root
+        self._base = identity  # as dmin.json holds it; `identity` adds the v's derived later
         self.identity = identity
+        self._identity_hash = identity.hash()
         self._entry_cache: dict[str, Entry] = {}
-        self._ids_seen: set[str] = set()
-        self._ids: set[str] = set()
-        self._lock_depth = 0
-        self._lock_fd: int | None = None
+        self._pinned: list[Entry] | None = None
         self._verified: set[str] = set()
+        self._ids_of_file: dict[str, frozenset[str]] = {}
+        self._liveness: tuple[int, Liveness] | None = None
+        self._live: tuple[int, set[str]] | None = None
         self.blocks: dict[str, Any] = {}  # committed path -> vectors.VectorBlock, filled by vectors.iter_blocks
 
     # ---- opening -------------------------------------------------------------------------------------------
@@ -170,11 +170,15 @@ class Project:
         identity = Identity.from_json(ident_path.read_text(errors="replace"), where=str(ident_path))
         if expect is not None:
             identity.check_matches(expect)
-        return cls(root, identity)
+        project = cls(root, identity)
+        with contextlib.suppress(IntegrityError):  # a damaged manifest is reported by whichever reader needs it
+            project.entries()  # identity.vs then includes the v's derived since dmin.json was written
+        return project
 
     @classmethod
     def create(cls, root: str | Path, identity: Identity) -> Project:
-        """Open the project at root, creating it with `identity` when it does not exist yet."""
+        """Open the project at root, creating it with `identity` when it does not exist yet (concurrent creators
+        agree: dmin.json is created put-if-absent, and the others open it)."""
         root = Path(root)
         if cls.exists(root):
             return cls.open(root, expect=identity)
@@ -183,21 +187,20 @@ class Project:
         if root.exists() and any(p for p in root.iterdir() if not p.name.startswith(".")):
             raise ProjectError(f"{root} exists and is not empty, and is not a dmin project; choose a new directory")
         root.mkdir(parents=True, exist_ok=True)
-        (root / paths.MANIFEST).mkdir(exist_ok=True)
-        write_bytes_atomic(root / paths.IDENTITY, identity.to_json().encode())
+        if not manifest.create_exclusive(root / paths.IDENTITY, identity.to_json().encode()):
+            return cls.open(root, expect=identity)
         return cls(root, identity)
 
     # ---- the manifest --------------------------------------------------------------------------------------
     def manifest_names(self) -> list[str]:
-        folder = self.root / paths.MANIFEST
-        if not folder.is_dir():
-            return []
-        return sorted(p.name for p in folder.iterdir() if p.suffix == ".json" and not p.name.startswith("."))
+        return manifest.entry_names(self.root)
 
     def entries(self) -> list[Entry]:
-        """Every committed entry in commit order; IntegrityError when one is damaged (run `dmin verify`)."""
+        """Every committed entry in commit order (inside a commit's plan: the snapshot it plans against);
+        IntegrityError when one is damaged (run `dmin verify`)."""
+        if self._pinned is not None:
+            return self._pinned
         out = []
-        want = self.identity.hash()
         for expected_seq, name in enumerate(self.manifest_names(), 1):
             where = f"{paths.MANIFEST}/{name}"
             entry = self._entry_cache.get(name)
@@ -208,14 +211,22 @@ class Project:
                         f"{paths.manifest_name(expected_seq)}: manifest entry missing or renamed "
                         f"(sequence gap); run `dmin verify`"
                     )
-                if entry.identity_hash != want:
+                if entry.identity_hash != self._identity_hash:
                     raise IntegrityError(
                         f"{where}: written under a different identity than dmin.json (dmin.json "
                         f"replaced, or files from another project); run `dmin verify`"
                     )
                 self._entry_cache[name] = entry
             out.append(entry)
+        derived = tuple(e.meta["v"] for e in out if e.kind == "derive" and e.meta.get("v") not in self._base.vs)
+        vs = tuple(dict.fromkeys((*self._base.vs, *derived)))
+        if vs != self.identity.vs:
+            self.identity = replace(self._base, vs=vs)
         return out
+
+    def entry_of(self, path: str) -> Entry:
+        """The entry that names a committed file."""
+        return self.entries()[self.liveness().seq_of[path] - 1]
 
     def checked(self, ref: FileRef) -> Path:
         """The path of a committed file after checking its size and xxh3 against the manifest (once per process):
@@ -239,35 +250,117 @@ class Project:
             f for e in entries for f in e.files if f.table == table and (v is None or f.v == v) and f.path not in gone
         ]
 
-    def latest(self, kind: str, **meta: Any) -> Entry | None:
-        """The newest entry of a kind whose meta matches (e.g. the current index for a v)."""
-        found = None
-        for e in self.entries():
-            if e.kind == kind and all(e.meta.get(k) == val for k, val in meta.items()):
-                found = e
-        return found
+    # ---- forgotten samples and data roots ----------------------------------------------------------------------
+    def liveness(self) -> Liveness:
+        """Which rows of which committed file are forgotten (`store.liveness`)."""
+        entries = self.entries()
+        if self._liveness is None or self._liveness[0] != len(entries):
+            self._liveness = (len(entries), Liveness.of(entries, self.ids_in))
+        return self._liveness[1]
+
+    def ids_in(self, ref: FileRef) -> frozenset[str]:
+        """The sample_ids a samples or tombstones file holds (read once per process)."""
+        ids = self._ids_of_file.get(ref.path)
+        if ids is None:
+            col = pq.read_table(self.checked(ref), columns=["sample_id"]).column("sample_id")
+            ids = self._ids_of_file[ref.path] = frozenset(col.to_pylist())
+        return ids
+
+    def sample_ids(self) -> set[str]:
+        """sample_ids of every live sample (committed and not forgotten), read incrementally: only files not seen
+        before, unless a new tombstone asks for a recount."""
+        entries = self.entries()
+        if self._live is not None and self._live[0] <= len(entries):
+            new = entries[self._live[0] :]
+            if not any(e.kind == "forget" for e in new):
+                ids = self._live[1]
+                for e in new:
+                    for f in e.files:
+                        if f.table == "samples":
+                            ids.update(self.ids_in(f))
+                self._live = (len(entries), ids)
+                return ids
+        live = self.liveness()
+        ids = set()
+        for f in self.live_files("samples"):
+            ids.update(self.ids_in(f) - live.dead(f))
+        self._live = (len(entries), ids)
+        return ids
+
+    def forgotten(self) -> set[str]:
+        """The suppression list: forgotten sample_ids that were not collected again since."""
+        return set(self.liveness().forgotten - self.sample_ids())
+
+    def skip_ids(self, include_forgotten: bool = False) -> set[str]:
+        """sample_ids a collect must not commit: live ones, and forgotten ones unless `include_forgotten`."""
+        live = self.sample_ids()
+        return set(live) if include_forgotten else live | self.liveness().forgotten
+
+    def data_root(self, ref: FileRef) -> str | None:
+        """Where a samples file's sources resolve: the data root its commit recorded (for commits made before roots
+        were recorded, dmin.json's data_path), re-pointed by later `relocate` entries."""
+        entry = self.entry_of(ref.path)
+        root = entry.meta.get("data_roots", {}).get(ref.path) or entry.meta.get("data_root") or self._base.data_path
+        for e in self.entries()[entry.seq :]:
+            if e.kind == "relocate" and e.meta.get("from") == root:
+                root = e.meta["to"]
+        return root
+
+    def sample_root(self, sample_id: str) -> str | None:
+        """The data root a live sample's source resolves against."""
+        live = self.liveness()
+        for f in self.live_files("samples"):
+            if sample_id in self.ids_in(f) and sample_id not in live.dead(f):
+                return self.data_root(f)
+        return None
 
     # ---- writing ---------------------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
-        """The project's writer lock (re-entrant within this object)."""
-        if self._lock_depth == 0:
-            fd = os.open(self.root / paths.LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            self._lock_fd = fd
-        self._lock_depth += 1
+    def _snapshot(self) -> Iterator[list[Entry]]:
+        """Pin the newest manifest: every read inside sees the same entries (a plan's consistent view)."""
+        self._pinned = None
+        entries = self.entries()
+        self._pinned = entries
         try:
-            yield
+            yield entries
         finally:
-            self._lock_depth -= 1
-            if self._lock_depth == 0 and self._lock_fd is not None:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-                os.close(self._lock_fd)
-                self._lock_fd = None
+            self._pinned = None
 
-    def _next_seq(self) -> int:
-        names = self.manifest_names()
-        return int(names[-1].split(".")[0]) + 1 if names else 1
+    def transact(self, plan: Callable[[Stage], Commit | None]) -> Entry | None:
+        """Publish what `plan` returns as the next manifest entry, planned against the newest manifest; re-plan when
+        another writer published first. None when the plan finds nothing to commit."""
+        stage = Stage(self.root)
+        published: Entry | None = None
+        try:
+            for attempt in range(MAX_ATTEMPTS):
+                with self._snapshot() as snapshot:
+                    commit = plan(stage)
+                    if commit is None:
+                        return None
+                    if stage.vanished():
+                        continue
+                    entry = Entry(
+                        seq=len(snapshot) + 1,
+                        kind=commit.kind,
+                        files=tuple(commit.files),
+                        identity_hash=self._identity_hash,
+                        writer=f"{socket.gethostname()}:{os.getpid()}",
+                        created_at=now_utc().isoformat(),
+                        supersedes=tuple(commit.supersedes),
+                        row_ids=commit.row_ids,
+                        meta=commit.meta,
+                    )
+                if manifest.publish(self.root, entry):
+                    published = entry
+                    self._entry_cache[paths.manifest_name(entry.seq).split("/")[1]] = entry
+                    return entry
+                time.sleep(random.uniform(0, min(0.05, 0.0005 * 2 ** min(attempt, 10))))  # let the winner finish
+            raise ProjectError(
+                f"{self.root}: could not commit after {MAX_ATTEMPTS} attempts (other writers kept committing first); "
+                f"run the command again"
+            )
+        finally:
+            stage.discard(keep={f.path for f in published.files} if published else set())
 
     def commit(
         self,
@@ -275,128 +368,119 @@ class Project:
         tables: Sequence[tuple[str, str | None, str, pa.Table]],
         meta: dict[str, Any] | None = None,
         supersedes: Sequence[str] = (),
-        row_ids: tuple[int, int] | None = None,
         extra_files: Sequence[tuple[str, str | None, Path]] = (),
     ) -> Entry:
-        """Write `tables` [(table, v, folder, data)] and `extra_files` [(table, v, already-written path)] and commit
-        them in one manifest entry. Call with the lock held or not; it takes it."""
-        with self.lock():
-            seq = self._next_seq()
-            refs = []
-            for j, (table, v, folder, data) in enumerate(tables):
-                rel = f"{folder}/{paths.part_name(seq, j)}"
-                path = self.root / rel
-                checksum = write_parquet_atomic(path, data)
-                refs.append(FileRef(rel, table, v, len(data), path.stat().st_size, checksum))
-            for table, v, path in extra_files:
-                rel = path.relative_to(self.root.resolve() if path.is_absolute() else self.root).as_posix()
-                rows = pq.read_metadata(path).num_rows if path.suffix == ".parquet" else 0
-                refs.append(FileRef(rel, table, v, rows, path.stat().st_size, file_checksum(path)))
-            entry = Entry(
-                seq=seq,
-                kind=kind,
-                files=tuple(refs),
-                identity_hash=self.identity.hash(),
-                writer=f"{socket.gethostname()}:{os.getpid()}",
-                created_at=now_utc().isoformat(),
-                supersedes=tuple(supersedes),
-                row_ids=row_ids,
-                meta=meta or {},
+        """Write `tables` [(table, v, folder, data)] and commit them with `extra_files` [(table, v, already-written
+        path)] in one manifest entry, whatever else was committed meanwhile."""
+
+        def plan(stage: Stage) -> Commit:
+            files = [stage.table(("t", j), t, v, folder, data) for j, (t, v, folder, data) in enumerate(tables)]
+            files += [stage.adopt(("x", j), t, v, path) for j, (t, v, path) in enumerate(extra_files)]
+            return Commit(kind, files, meta or {}, supersedes)
+
+        entry = self.transact(plan)
+        assert entry is not None  # this plan always commits
+        return entry
+
+    def commit_samples(
+        self, batch: SampleBatch, data_root: str | None = None, include_forgotten: bool = False
+    ) -> Entry | None:
+        """Commit new samples with their gradients at every stored v (derived from the collected ones where needed);
+        samples committed already (by anyone) are dropped, and forgotten ones unless `include_forgotten`.
+        `data_root`: the folder or file their sources resolve against."""
+        vecs = dict(batch.vecs)  # grows with the derived v's, computed once however many times we re-plan
+        K = len(batch.timesteps)
+        kept: list[str] = []
+
+        def grads_at(v: str, keep: list[int]) -> pa.Table:
+            vec = vecs[v] if len(keep) == len(batch) else vecs[v][keep]
+            return grads_table(
+                "sample_id", kept, batch.timesteps, vec, batch.norms[keep], batch.losses[keep], self.identity.dtype
             )
-            write_bytes_atomic(self.root / paths.manifest_name(seq), entry.to_json().encode())
-            self._entry_cache[paths.manifest_name(seq).split("/")[1]] = entry
-            return entry
 
-    def add_v(self, v: str) -> None:
-        """Record a newly stored v in dmin.json (after its data is committed)."""
-        with self.lock():
-            if v in self.identity.vs:
-                return
-            self.identity = replace(self.identity, vs=(*self.identity.vs, v))
-            write_bytes_atomic(self.root / paths.IDENTITY, self.identity.to_json().encode())
-
-    def set_paths(self, data_path: str | None) -> None:
-        """Update the non-identity data_path of dmin.json (contact sheets read training images from it)."""
-        with self.lock():
-            self.identity = replace(Project.open(self.root).identity, data_path=data_path)
-            write_bytes_atomic(self.root / paths.IDENTITY, self.identity.to_json().encode())
-
-    def commit_samples(self, batch: SampleBatch) -> Entry | None:
-        """Commit new samples with all their gradients; samples already committed (by anyone) are dropped."""
-        with self.lock():
-            done = self.sample_ids()
+        def plan(stage: Stage) -> Commit | None:
+            skip = self.skip_ids(include_forgotten)
             keep, seen = [], set()
             for i, sid in enumerate(batch.sample_ids):
-                if sid not in done and sid not in seen:
+                if sid not in skip and sid not in seen:
                     keep.append(i)
                     seen.add(sid)
             if not keep:
                 return None
+            kept[:] = [batch.sample_ids[i] for i in keep]
             lo = self.next_row_id()
-            rows = np.arange(lo, lo + len(keep), dtype=np.int64)
-            ids = [batch.sample_ids[i] for i in keep]
-            samples = {
-                "sample_id": pa.array(ids, pa.string()),
-                "row_id": pa.array(rows, pa.int64()),
-                "source": pa.array([batch.sources[i] for i in keep], pa.string()),
-                "caption": pa.array([batch.captions[i] for i in keep], pa.string()),
-                "label": pa.array([batch.labels[i] for i in keep], pa.int64()),
-            }
-            fields = list(SAMPLES_BASE)
-            for name, values in sorted(batch.extra.items()):
-                samples[name] = pa.array([None if values[i] is None else str(values[i]) for i in keep], pa.string())
-                fields.append(pa.field(name, pa.string()))
-            tables: list[tuple[str, str | None, str, pa.Table]] = [
-                ("samples", None, "samples", pa.table(samples, schema=pa.schema(fields)))
+            rows = tuple(keep)
+            files = [
+                stage.table(("samples", lo, rows), "samples", None, "samples", lambda: samples_table(batch, keep, lo))
             ]
-            K = len(batch.timesteps)
-            for v, vec in batch.vecs.items():
-                tables.append(
-                    (
+            vecs.update(complete(vecs, self.identity.vs, self.identity))
+            for v in self.identity.vs:
+                files.append(
+                    stage.table(
+                        ("grads", v, rows),
                         "grads",
                         v,
                         paths.grads_dir(v),
-                        grads_table(
-                            "sample_id",
-                            ids,
-                            batch.timesteps,
-                            vec if len(keep) == len(batch) else vec[keep],
-                            batch.norms[keep],
-                            batch.losses[keep],
-                            self.identity.dtype,
-                        ),
+                        functools.partial(grads_at, v, keep),
                     )
                 )
-            entry = self.commit(
-                "samples", tables, row_ids=(int(lo), int(lo + len(keep))), meta={"samples": len(keep), "K": K}
-            )
-            self._ids.update(ids)
-            self._ids_seen.update(f.path for f in entry.files if f.table == "samples")  # no need to read it back
-            return entry
+            meta: dict[str, Any] = {"samples": len(keep), "K": K}
+            if data_root is not None:
+                meta["data_root"] = data_root
+            return Commit("samples", files, meta, row_ids=(lo, lo + len(keep)))
+
+        entry = self.transact(plan)
+        if entry is not None:  # no need to read back the sample_ids just written
+            ref = next(f for f in entry.files if f.table == "samples")
+            self._ids_of_file[ref.path] = frozenset(kept)
+        return entry
 
     def next_row_id(self) -> int:
+        """Row ids are assigned in contiguous ranges, each commit's following the last (forgotten rows leave gaps;
+        ids are never reused, as hnswlib labels are row ids)."""
         return max((e.row_ids[1] for e in self.entries() if e.row_ids), default=0)
 
     # ---- reading ---------------------------------------------------------------------------------------------
-    def sample_ids(self) -> set[str]:
-        """sample_ids of every committed sample (read incrementally: only files not seen before)."""
-        for f in self.live_files("samples"):
-            if f.path not in self._ids_seen:
-                col = pq.read_table(self.checked(f), columns=["sample_id"]).column("sample_id")
-                self._ids.update(col.to_pylist())
-                self._ids_seen.add(f.path)
-        return self._ids
-
-    def read_table(self, table: str, v: str | None = None, columns: list[str] | None = None) -> pa.Table | None:
-        """All committed rows of a table as one Arrow table (schemas unified by column name), or None if empty."""
+    def read_table(
+        self, table: str, v: str | None = None, columns: list[str] | None = None, live: bool = True
+    ) -> pa.Table | None:
+        """All committed rows of a table as one Arrow table (schemas unified by column name), or None if empty.
+        `live`: without the rows of forgotten samples."""
         files = self.live_files(table, v)
         if not files:
             return None
-        parts = [pq.read_table(self.checked(f), columns=columns, memory_map=True) for f in files]
+        liveness = self.liveness() if live and table in SAMPLE_KEYED else None
+        parts = []
+        for f in files:
+            dead = liveness.dead(f) if liveness else frozenset()
+            cols = columns if columns is None or not dead or "sample_id" in columns else [*columns, "sample_id"]
+            t = pq.read_table(self.checked(f), columns=cols, memory_map=True)
+            if dead and "sample_id" in t.column_names:
+                keep = np.fromiter((s not in dead for s in t.column("sample_id").to_pylist()), bool, len(t))
+                t = t.filter(pa.array(keep))
+                if columns is not None and "sample_id" not in columns:
+                    t = t.drop_columns(["sample_id"])
+            parts.append(t)
         return pa.concat_tables(parts, promote_options="default")
 
     def path(self, rel: str) -> Path:
         return self.root / rel
+
+
+def samples_table(batch: SampleBatch, keep: list[int], lo: int) -> pa.Table:
+    """The samples rows of `batch[keep]`, row ids from lo on; metadata columns as strings."""
+    samples = {
+        "sample_id": pa.array([batch.sample_ids[i] for i in keep], pa.string()),
+        "row_id": pa.array(np.arange(lo, lo + len(keep), dtype=np.int64), pa.int64()),
+        "source": pa.array([batch.sources[i] for i in keep], pa.string()),
+        "caption": pa.array([batch.captions[i] for i in keep], pa.string()),
+        "label": pa.array([batch.labels[i] for i in keep], pa.int64()),
+    }
+    fields = list(SAMPLES_BASE)
+    for name, values in sorted(batch.extra.items()):
+        samples[name] = pa.array([None if values[i] is None else str(values[i]) for i in keep], pa.string())
+        fields.append(pa.field(name, pa.string()))
+    return pa.table(samples, schema=pa.schema(fields))
 
 
 def grads_table(

@@ -59,6 +59,9 @@ FAILURES = pa.schema(
 )
 
 
+TOMBSTONES = pa.schema([pa.field("sample_id", pa.string(), nullable=False)])
+
+
 def vec_type(dim: int, dtype: str) -> pa.DataType:
     """fixed_size_list<non-null float>[dim]: non-null items spare Parquet a definition level per float (2.6× faster
     reads than nullable items)."""
@@ -80,7 +83,7 @@ def grads_schema(dim: int, dtype: str, key: str = "sample_id") -> pa.Schema:
 
 
 def fixed_schema(table: str) -> pa.Schema:
-    return {"queries": QUERIES, "results": RESULTS, "failures": FAILURES}[table]
+    return {"queries": QUERIES, "results": RESULTS, "failures": FAILURES, "tombstones": TOMBSTONES}[table]
 
 
 def schema_json(schema: pa.Schema) -> list[dict[str, Any]]:
@@ -106,7 +109,8 @@ IDENTITY_FIELDS: dict[str, str] = {
     "compress_seed": "int",
     "compressor": "str: which F and s compressed the vectors (runs8-spread; runs8-grouped before it was recorded)",
     "collect_vs": "list[str]: the v's collect writes ('full' for uncompressed)",
-    "vs": "list[str]: every v stored (collect's plus derived ones)",
+    "vs": "list[str]: the v's stored when dmin.json was written; later derived v's are recorded by their `derive` "
+    "manifest entries, and readers take the union",
     "dtype": "str: float32 | float16 vector storage",
     "schedule": "str|null: the training forward process rebuilt from the scheduler config (null: schema 1)",
     "compute_dtype": "str|null: float32 | bfloat16 | float16, the dtype gradients were computed in (null: schema 1)",
@@ -114,19 +118,21 @@ IDENTITY_FIELDS: dict[str, str] = {
     "model_path": "str|null: a local directory or hub id collect loaded the model from (query's default; not "
     "compared)",
     "lora_path": "str|null: where collect loaded the adapter from (not compared)",
-    "data_path": "str|null: the last --data collected (contact sheets read images from it; not compared)",
+    "data_path": "str|null: the first --data collected; each samples entry records its own data_root (meta), and "
+    "this serves entries written before roots were recorded (not compared)",
 }
 
 MANIFEST_ENTRY: dict[str, str] = {
     "seq": "int: commit order",
-    "kind": "str: samples | failures | queries | results | derive | index",
+    "kind": "str: samples | failures | queries | derive | index | forget | compact | relocate",
     "writer": "str: host:pid of the writing process",
     "created_at": "str: ISO-8601 UTC",
     "identity_hash": "str: xxh3-128 of the identity's comparable fields",
     "files": "list[{path, table, v, rows, bytes, xxh3}]",
-    "supersedes": "list[str]: files this entry replaces (readers ignore them)",
-    "row_ids": "[lo, hi) | null: row_ids assigned by this commit",
-    "meta": "object: kind-specific details",
+    "supersedes": "list[str]: files this entry replaces (readers ignore them; compact deletes them)",
+    "row_ids": "[lo, hi) | null: row_ids assigned by this commit (each commit's range follows the last)",
+    "meta": "object: kind-specific details (samples: data_root; derive: v, from; relocate: from, to; compact: "
+    "data_roots of rewritten samples files)",
     "checksum": "str: xxh3-128 of the entry's canonical JSON without this field",
 }
 
@@ -148,6 +154,11 @@ def all_schemas() -> dict[str, Any]:
         "queries": {"version": SCHEMA_VERSION, "fields": schema_json(QUERIES)},
         "results": {"version": SCHEMA_VERSION, "fields": schema_json(RESULTS)},
         "failures": {"version": SCHEMA_VERSION, "fields": schema_json(FAILURES)},
+        "tombstones": {
+            "version": SCHEMA_VERSION,
+            "fields": schema_json(TOMBSTONES),
+            "notes": "a forget entry's sample_ids: forgotten in every file committed before it (the suppression list)",
+        },
         "dmin.json": {"version": SCHEMA_VERSION, "fields": IDENTITY_FIELDS},
         "manifest": {"version": SCHEMA_VERSION, "fields": MANIFEST_ENTRY},
     }

@@ -7,7 +7,7 @@ reshapes to (rows / K, K, v) without sorting.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,11 @@ class VectorBlock:
     vecs: np.ndarray
     path: Path
     mapped: bool = False  # a view of the page cache (costs no memory to keep), not a decoded copy
+    alive: np.ndarray | None = None  # (N,) bool when some rows are of forgotten samples; None: every row is live
+
+    def live_rows(self) -> np.ndarray:
+        """Indices of the rows of samples not forgotten."""
+        return np.arange(len(self.keys)) if self.alive is None else np.flatnonzero(self.alive)
 
 
 def vec_values(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -53,14 +58,21 @@ def read_block(path: Path, key: str, K: int) -> VectorBlock:
 
 
 def iter_blocks(project: Project, v: str, table: str = "grads", key: str = "sample_id") -> Iterator[VectorBlock]:
-    """The committed vector files of a table at v, each checked against its manifest checksum before it is read.
+    """The committed vector files of a table at v, each checked against its manifest checksum before it is read,
+    with the rows of forgotten samples marked (`VectorBlock.alive`).
 
     Mapped blocks are kept per Project (views of the page cache, not copies), so a process that keeps its Project
     open scores later queries at memory speed without re-reading or re-checking the files."""
+    liveness = project.liveness() if key == "sample_id" else None
     for ref in project.live_files(table, v):
         block = project.blocks.get(ref.path)
         if block is None:
             block = read_block(project.checked(ref), key, project.identity.K)
             if block.mapped and len(project.blocks) < _MAX_KEPT:
                 project.blocks[ref.path] = block
+        dead = liveness.dead(ref) if liveness else frozenset()
+        if dead:
+            alive = np.fromiter((k not in dead for k in block.keys), bool, len(block.keys))
+            if not alive.all():
+                block = replace(block, alive=alive)
         yield block

@@ -59,6 +59,9 @@ def collect_cmd(
     noise_seed: int = typer.Option(0, "--noise-seed"),
     compress_seed: int = typer.Option(0, "--compress-seed"),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first failed sample."),
+    include_forgotten: bool = typer.Option(
+        False, "--include-forgotten", help="Collect forgotten samples again (`dmin forget` keeps them out otherwise)."
+    ),
     json_out: JsonOpt = False,
 ) -> None:
     """Collect compressed, normalized per-sample gradients; reruns skip committed samples."""
@@ -96,6 +99,7 @@ def collect_cmd(
         summary = collect(
             project, setup, data, limit=limit, shard_arg=shard, batch_size=batch_size, commit_every=commit_every,
             strict=strict, progress=update, on_note=lambda text: render.warn(text, quiet=json_out),
+            include_forgotten=include_forgotten,
         )
     if json_out:
         render.print_json(summary.to_dict())
@@ -103,7 +107,7 @@ def collect_cmd(
         for f in summary.failures[:5]:
             render.out.print(f"[yellow]failed[/yellow] {f['source']}: {f['reason']}", highlight=False)
         render.out.print(
-            f"collected {summary.done}, skipped {summary.skipped} (already committed), failed "
+            f"collected {summary.done}, skipped {summary.skipped} (already committed or forgotten), failed "
             f"{summary.failed}, {summary.seconds:.1f} s, {summary.bytes_written / 1e6:.1f} MB written "
             f"[shard {summary.shard}]",
             highlight=False,

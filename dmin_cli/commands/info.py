@@ -41,7 +41,8 @@ def info_cmd(project: ProjectArg, json_out: JsonOpt = False) -> None:
         f"timesteps  K = {ident['K']}: {', '.join(f'{t:g}' for t in ident['timesteps'])}",
         f"seeds      noise {ident['noise_seed']}, compress {ident['compress_seed']}; compressor "
         f"{ident['compressor']}; computed in {ident['compute_dtype'] or 'float32'}, stored as {ident['dtype']}",
-        f"samples    {info.samples:,} ({info.failures:,} failed)",
+        f"samples    {info.samples:,} ({info.failures:,} failed"
+        + (f", {info.forgotten:,} forgotten)" if info.forgotten else ")"),
         f"queries    {info.queries:,} ({info.results:,} results)",
         f"commits    {info.commits:,}, last {(info.last_commit_at or 'never')[:19]}; {_size(info.bytes)} committed",
     ]
