@@ -13,7 +13,7 @@ def run(code: str) -> str:
 
 
 def test_import_dmin_does_not_load_torch() -> None:
-    assert run("import sys, dmin; print('torch' in sys.modules, dmin.__version__)") == "False 0.1.0"
+    assert run("import sys, dmin; print('torch' in sys.modules, dmin.__version__)") == "False 0.2.0"
 
 
 def test_every_exported_name_resolves_to_what_its_module_defines() -> None:

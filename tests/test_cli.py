@@ -61,7 +61,7 @@ def test_version_and_completion_answer_without_loading_torch() -> None:
     probe = "import sys, dmin_cli.app; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip() == "False"
     version = subprocess.run([*DMIN, "--version"], capture_output=True, text=True)
-    assert version.returncode == 0 and version.stdout == "dmin 0.1.0\n" and version.stderr == ""
+    assert version.returncode == 0 and version.stdout == "dmin 0.2.0\n" and version.stderr == ""
     env = {**os.environ, "_DMIN_COMPLETE": "complete_bash", "COMP_WORDS": "dmin query proj --pe", "COMP_CWORD": "3"}
     assert subprocess.run(DMIN, capture_output=True, text=True, env=env).stdout.split() == ["--per-t"]
     env.update(COMP_WORDS="dmin co", COMP_CWORD="1")
