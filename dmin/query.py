@@ -138,8 +138,6 @@ def open_for_query(
     return project, setup
 
 
-
-
 def run_query(
     project: Project,
     setup: Setup,
@@ -169,7 +167,8 @@ def run_query(
     vecs, norms, losses = query_gradients(setup, image, spec.prompt, spec.label)
     if not np.isfinite(norms).all():
         raise DataError("the query's gradient is not finite; check the image and the model weights")
-    q = complete(vecs, [v], project.identity)[v]
+    vecs = complete(vecs, [v], project.identity)  # the commit then derives only the other stored v's
+    q = vecs[v]
     idx = current_index(project, v) if v != "full" else None
     use = method
     if method == "auto":

@@ -279,6 +279,15 @@ def _op_seconds(kind: str, base: Path, env: Env, runs: int = 3) -> float:
     return float(np.median(times))
 
 
+def _killed_copy(kind: str, base: Path, env: Env, kill_after: float, states: Counter[str]) -> Path:
+    """A fresh copy of base with a `kind` run on it killed after `kill_after` s; counts whether the kill landed."""
+    project = env.fresh(f"{kind}-trial")
+    shutil.copytree(base, project)
+    _, interrupted = _drive(kind, project, kill_after)
+    states["interrupted" if interrupted else "finished first"] += 1
+    return project
+
+
 def _lifecycle_base(env: Env) -> tuple[Path, set[str], set[str]]:
     """A copy of the reference project with an index and a query, its live sample_ids, and those FORGET selects."""
     built = env.root / "lifecycle-built"  # made once per Env: the forget and compact kinds start from copies
@@ -313,10 +322,7 @@ def kill_forget(env: Env, trials: int, rng: random.Random) -> dict[str, Any]:
     seconds = _op_seconds("forget", base, env, 3 if trials >= 5 else 1)
     passed, fails, states = 0, [], Counter()
     for trial in range(trials):
-        project = env.fresh("forget-trial")
-        shutil.copytree(base, project)
-        _, interrupted = _drive("forget", project, rng.uniform(0, seconds))
-        states["interrupted" if interrupted else "finished first"] += 1
+        project = _killed_copy("forget", base, env, rng.uniform(0, seconds), states)
         live = Project.open(project).sample_ids()
         state = "new" if live == everyone - gone else "old" if live == everyone else "neither"
         states[state] += 1
@@ -368,10 +374,7 @@ def kill_compact(env: Env, trials: int, rng: random.Random) -> dict[str, Any]:
     seconds = _op_seconds("compact", base, env, 3 if trials >= 5 else 1)
     passed, fails, states = 0, [], Counter()
     for trial in range(trials):
-        project = env.fresh("compact-trial")
-        shutil.copytree(base, project)
-        _, interrupted = _drive("compact", project, rng.uniform(0, seconds))
-        states["interrupted" if interrupted else "finished first"] += 1
+        project = _killed_copy("compact", base, env, rng.uniform(0, seconds), states)
         p = Project.open(project)
         state = "new" if any(e.kind == "compact" for e in p.entries()) else "old"
         states[state] += 1
