@@ -8,6 +8,7 @@ from the same pass. The largest v is computed; smaller ones are folded from it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -35,7 +36,7 @@ from dmin.errors import DataError, UsageError
 from dmin.models import Condition, Family, Pixels, attach_lora, check_condition, load_family, select_params
 from dmin.models.hub import is_hub_id
 from dmin.per_example import PerExampleGrads
-from dmin.store import Identity, Project
+from dmin.store import Identity, Project, paths
 from dmin.store.project import SampleBatch, now_utc
 from dmin.store.schema import FAILURES
 
@@ -352,12 +353,15 @@ def collect(
         raise UsageError(f"--limit {limit}: expected a number of samples ≥ 0")
     index, count = shard_from_env(shard_arg)  # before anything is created: a bad --shard leaves no project behind
     data_path = str(ds.path.resolve())
+    created = not Project.exists(project_dir)
     project = Project.create(project_dir, replace(setup.identity, data_path=data_path))
     records = ds.records[:limit] if limit is not None else ds.records
     mine = [r for _, r in shard(records, index, count)]
     summary = CollectSummary(total=len(mine), shard=f"{index}/{count}")
     start = time.perf_counter()
-    done_ids = project.skip_ids(include_forgotten)
+    ids = [r.sample_id for r in mine]  # content hashes: reading and hashing the data is the floor of a rerun
+    skip = project.committed(ids, include_forgotten)  # one vectorized lookup, however many samples
+    done_now: set[str] = set()  # collected by this run (a data set's duplicates are stored once)
     engine = GradientEngine(setup)
     pending: list[Pending] = []
     failures: list[tuple[str, str]] = []
@@ -389,17 +393,19 @@ def collect(
             failures.clear()
 
     try:
-        todo_any = [r for r in mine if r.sample_id not in done_ids]
         size = requested or 1
-        if todo_any:
+        if skip.all():  # every sample is committed already: nothing to load, probe or pass
+            summary.skipped = len(mine)
+        else:
             probe = engine.footprint(*_blank(setup))
             size = choose_batch_size(requested, probe, setup.identity.K, setup.device)
         summary.batch_size = size
         step = size  # shrinks when a pass runs out of memory; the windows stay fixed
-        for lo in range(0, len(mine), size):
+        for lo in range(0, len(mine) if not skip.all() else 0, size):
             ready: list[tuple[Record, Pixels, torch.Tensor, Condition]] = []
-            for rec in mine[lo : lo + size]:
-                if rec.sample_id in done_ids:
+            for i in range(lo, min(lo + size, len(mine))):
+                rec = mine[i]
+                if skip[i] or ids[i] in done_now:
                     summary.skipped += 1
                     continue
                 try:
@@ -432,7 +438,7 @@ def collect(
                         continue
                     sample = {v: rows[j] for v, rows in vecs.items()}
                     pending.append((rec, {**rec.extra, **setup.family.record(pixels)}, sample, norms[j], losses[j]))
-                    done_ids.add(rec.sample_id)
+                    done_now.add(rec.sample_id)
                     summary.done += 1
                 at += len(part)
             if len(pending) >= commit_every:
@@ -440,11 +446,35 @@ def collect(
             summary.seconds = time.perf_counter() - start
             if progress:
                 progress(summary)
+        if progress and skip.all():
+            progress(summary)
+        if summary.failed and not summary.done and not summary.skipped:
+            raise DataError(
+                f"none of the {summary.total} sample(s) could be collected: {summary.failed} failed "
+                f"(e.g. {summary.failures[0]['reason']}); fix the data and run again"
+            )
         flush()
+    except Exception:
+        if created and not project.state().seq:  # a project this run made, nothing committed: leave no shell
+            _unmake(project.root)
+        elif failures:
+            flush()  # what failed stays on record in the project that existed
+        raise
     finally:
         engine.close()
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _unmake(root: Path) -> None:
+    """Remove the empty project a failed first run created: its dmin.json and empty folders only, never a file
+    another writer may have staged meanwhile (then the project stays, valid and empty)."""
+    (root / paths.IDENTITY).unlink(missing_ok=True)
+    for folder in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+    with contextlib.suppress(OSError):
+        root.rmdir()
 
 
 def _blank(setup: Setup) -> tuple[torch.Tensor, Condition]:

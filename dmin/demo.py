@@ -158,7 +158,8 @@ def run_demo(
             labels.append(label)
             styles.append(style(image))
             sheet = out / "sheets" / f"digit{label}-seed{seed}.png"
-            contact_sheet(project, res, image, sheet)
+            sheet.parent.mkdir(parents=True, exist_ok=True)
+            contact_sheet(project, res, image, sheet, force=True)  # the demo's own folder: a rerun replaces them
             report.sheets.append(str(sheet))
             extra = {"subset": styles[-1]} if lora else {}
             report.queries.append({"label": label, "seed": seed, **extra, **res.to_dict()})

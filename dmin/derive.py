@@ -16,10 +16,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dmin.compress import Compressor
 from dmin.errors import UsageError
 from dmin.store import paths
 from dmin.store.derived import derive, source_v
+from dmin.store.keys import KeySet
 from dmin.store.manifest import Entry, FileRef
 from dmin.store.project import Commit, Project, Stage
 from dmin.store.schema import grads_schema, vec_type
@@ -31,6 +31,8 @@ _TABLES = (("grads", "sample_id", paths.grads_dir), ("query_grads", "query_id", 
 def source_for(project: Project, v: int) -> str:
     """The stored v to derive `v` from: the smallest multiple of it, else 'full'."""
     ident = project.identity
+    from dmin.compress import Compressor  # torch: loaded by the commands that derive
+
     Compressor(ident.n, ident.compress_seed).check_v(v)
     src = source_v(ident.vs, v)
     if src is None:
@@ -43,10 +45,14 @@ def source_for(project: Project, v: int) -> str:
     return src
 
 
-def _keys_at(project: Project, table: str, key: str, v: str) -> set[str]:
-    """Keys with live rows at v."""
-    t = project.read_table(table, v, columns=[key])
-    return set() if t is None else set(t.column(key).to_pylist())
+def _keys_at(project: Project, table: str, key: str, v: str) -> KeySet:
+    """Keys with live rows at v (`store.keys`: a million of them are 24 MB, not a million Python strings)."""
+    have = KeySet()
+    for ref in project.live_files(table, v):
+        keys = pq.read_table(project.checked(ref), columns=[key]).column(key)
+        dead = project.dead_rows(ref) if key == "sample_id" else None
+        have.add(keys if dead is None else keys.filter(pa.array(~dead)))
+    return have
 
 
 def _derived_rows(project: Project, ref: FileRef, key: str, rows: np.ndarray, src: str, v: int) -> pa.Table:
@@ -70,14 +76,14 @@ def derive_v(project: Project, v: int, progress: Callable[[int, int], None] | No
 
     def plan(stage: Stage) -> Commit | None:
         src = source_for(project, v)
-        liveness = project.liveness()
         work = []
         for table, key, folder in _TABLES:
             have = _keys_at(project, table, key, target)
             for ref in project.live_files(table, src):
-                keys = pq.read_table(project.checked(ref), columns=[key]).column(key).to_pylist()
-                dead = liveness.dead(ref) if key == "sample_id" else frozenset()
-                rows = np.asarray([i for i, k in enumerate(keys) if k not in have and k not in dead], np.int64)
+                keys = pq.read_table(project.checked(ref), columns=[key]).column(key)
+                todo = ~have.contains(keys)
+                dead = project.dead_rows(ref) if key == "sample_id" else None
+                rows = np.flatnonzero(todo if dead is None else todo & ~dead)
                 if len(rows):
                     work.append((ref, table, key, folder(target), rows))
         total, done = sum(len(rows) for *_, rows in work), 0

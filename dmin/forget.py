@@ -14,7 +14,10 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from dmin.errors import DminError, UsageError
 from dmin.sql import run_sql
@@ -52,26 +55,32 @@ def select(
                 f"--sample-id {sid}: not a sample_id (32 hex digits, as `dmin sql PROJECT "
                 f'"SELECT sample_id, source FROM samples"` lists them)'
             )
-    table = project.read_table("samples", columns=["sample_id", "source", "caption"])
-    rows = [] if table is None else table.to_pylist()
-    if sample_ids:
-        wanted = set(sample_ids)
-        rows = [r for r in rows if r["sample_id"] in wanted]
-    if source is not None:
-        rows = [r for r in rows if fnmatch.fnmatchcase(r["source"], source)]
+    hits = None
     if where is not None:
         try:
             matched = run_sql(project, f"SELECT sample_id FROM samples WHERE {where}")
         except DminError as exc:
             raise UsageError(f"--where {where!r}: {exc} (give a condition over the samples view)") from exc
-        hits = set(matched.column("sample_id").to_pylist())
-        rows = [r for r in rows if r["sample_id"] in hits]
+        hits = matched.column("sample_id")
+    rows: list[dict[str, str | None]] = []
+    for ref in project.live_files("samples"):  # filtered in Arrow: only the selected rows become Python objects
+        t = pq.read_table(project.checked(ref), columns=["sample_id", "source", "caption"])
+        keep = pa.array(np.ones(len(t), bool) if (dead := project.dead_rows(ref)) is None else ~dead)
+        if sample_ids:
+            keep = pc.and_(keep, pc.is_in(t.column("sample_id"), value_set=pa.array(list(sample_ids), pa.string())))
+        if source is not None:
+            regex = "^" + fnmatch.translate(source).replace("\\Z", "\\z")  # RE2 (Arrow's) spells the end \z
+            keep = pc.and_(keep, pc.match_substring_regex(t.column("source"), pattern=regex))
+        if hits is not None:
+            keep = pc.and_(keep, pc.is_in(t.column("sample_id"), value_set=hits))
+        rows += t.filter(keep).to_pylist()
     live = {r["sample_id"] for r in rows}
     forgotten = project.forgotten()
     rest = [s for s in dict.fromkeys(sample_ids) if s not in live]
+    committed = project.sample_keys().contains(rest) if rest else np.zeros(0, bool)
     return Selection(
         rows,
-        not_committed=[s for s in rest if s not in forgotten and s not in project.sample_ids()],
+        not_committed=[s for s, c in zip(rest, committed, strict=True) if s not in forgotten and not c],
         already=[s for s in rest if s in forgotten],
     )
 

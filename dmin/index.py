@@ -1,38 +1,37 @@
 """HNSW index over each sample's K per-timestep vectors concatenated (inner-product space), labels = row_id.
 
-For v > GRAPH_V the graph is built over vectors folded to GRAPH_V (dim K·GRAPH_V: ~10× cheaper per distance) and
-its candidates are re-ranked exactly at v in place, from the committed grads files' mapped pages (no second copy
-of the vectors on disk). Scores are therefore true inner products at v, never hnswlib distances.
+The graph is built over vectors folded to `graph_v` per timestep (256, halved while the graph's vectors would pass
+2 GB: 32 for a million samples at K = 10, 1.4 GB of hnswlib memory where v = 256 would take 10 GB) and its
+candidates are re-ranked exactly at v in place, from the committed grads files' mapped pages (no second copy of
+the vectors on disk). Scores are therefore true inner products at v, never hnswlib distances; the fold only
+decides which candidates are looked at.
 
 Each build is a new folder index/v=V/bNNNNNN-<token> committed through the manifest, superseding the previous build,
 so a build killed at any instant leaves the previous index valid. The index binary is checksummed before hnswlib
-loads it (a damaged file must never crash the interpreter). Forgotten samples are never returned: every search
-filters its candidates by the live row ids (hnswlib's filter), which honours a tombstone at once for every build,
-incremental ones included; `compact` rebuilds graphs without them.
+loads it (a damaged file must never crash the interpreter). Forgotten samples are never returned: a loaded graph
+marks their labels deleted, which honours a tombstone at once for every build, incremental ones included; `compact`
+then erases them from the graph file (vector overwritten with zeros, label deleted), without a rebuild.
 """
 
 from __future__ import annotations
 
 import errno
 import json
+import os
 import shutil
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 import xxhash
 
-from dmin.compress import fold
 from dmin.errors import IndexStale, IntegrityError, UsageError
 from dmin.findings import Findings
-from dmin.kernels.dot import timestep_dots, timestep_dots_rows
-from dmin.score import Scores, exact_scores
 from dmin.store import paths
 from dmin.store.atomic import file_checksum, write_atomic, write_bytes_atomic, write_parquet_atomic
 from dmin.store.manifest import Entry, FileRef
@@ -40,8 +39,11 @@ from dmin.store.project import Commit, Project, Stage
 from dmin.store.vectors import VectorBlock, iter_blocks
 from dmin.stored_v import resolve_v
 
-GRAPH_V = 256
-RERANK_FACTOR = 16  # candidates re-ranked exactly per result wanted: recall 0.997 at N=10^4 (scripts/bench_query.py)
+GRAPH_V = 256  # graph dims per timestep at most; fewer once the graph would pass GRAPH_BYTES (`graph_v_for`)
+GRAPH_BYTES = 2 << 30  # the graph's vectors' budget: 10^6 samples at K = 10 get v = 32 (1.4 GB loaded, links included)
+MIN_GRAPH_V = 16
+RERANK_FACTOR = 16  # candidates re-ranked exactly per result wanted: recall@10 0.98 at N = 10^5 (bench_scale.py)
+_ADD_ROWS = 8192  # rows handed to hnswlib per add_items call (its threads split each call)
 
 
 @dataclass(frozen=True)
@@ -49,37 +51,73 @@ class IndexParams:
     m: int = 16
     ef_construction: int = 200
     threads: int = 0  # 0: all cores
+    graph_v: int | None = None  # None: `graph_v_for` the project's size
 
     def __post_init__(self) -> None:
         if self.m < 2:
             raise UsageError(f"--m must be at least 2, got {self.m}")
         if self.ef_construction < 1:
             raise UsageError(f"--ef-construction must be positive, got {self.ef_construction}")
+        if self.graph_v is not None and (self.graph_v < 1 or self.graph_v & (self.graph_v - 1)):
+            raise UsageError(f"--graph-v must be a power of two such as 32, got {self.graph_v}")
 
 
-def labels_checksum(row_ids: np.ndarray, sample_ids: list[str]) -> str:
-    """xxh3-128 over the sorted (row_id, sample_id) set an index holds."""
+def graph_v_for(samples: int, K: int, v: int) -> int:
+    """The graph's dims per timestep for a project of this size: GRAPH_V (or v) while the graph's vectors fit
+    GRAPH_BYTES, halved until they do (never under MIN_GRAPH_V). Re-ranking at v keeps scores exact; a smaller
+    graph only sees candidates less sharply (recall@10 0.98 at 10^5 clustered samples with v = 32)."""
+    graph_v = min(v, GRAPH_V)
+    while graph_v > MIN_GRAPH_V and samples * K * graph_v * 4 > GRAPH_BYTES:
+        graph_v //= 2
+    return graph_v
+
+
+LABELS_CHECKSUM = 2  # 2: over the sorted row ids' and sample_ids' Arrow buffers (1: a text line per label)
+
+
+def labels_checksum(row_ids: np.ndarray, sample_ids: pa.Array, version: int = LABELS_CHECKSUM) -> str:
+    """xxh3-128 over the (row_id, sample_id) set an index holds, sorted by row id: its little-endian int64 row ids,
+    then the sample_ids' offsets and bytes (a million labels hash in milliseconds). Version 1, of builds made
+    before, is a text line per label."""
     order = np.argsort(row_ids, kind="stable")
     h = xxhash.xxh3_128()
-    for i in order:
-        h.update(f"{int(row_ids[i])}:{sample_ids[i]}\n".encode())
+    if version == 1:
+        ids = sample_ids.to_pylist()
+        for i in order:
+            h.update(f"{int(row_ids[i])}:{ids[i]}\n".encode())
+        return h.hexdigest()
+    ids = sample_ids.cast(pa.string()).take(pa.array(order))
+    offsets = np.frombuffer(ids.buffers()[1], np.int32)[ids.offset : ids.offset + len(ids) + 1]
+    data = ids.buffers()[2]
+    h.update(np.ascontiguousarray(row_ids[order], dtype="<i8").tobytes())
+    h.update((offsets - offsets[0]).astype("<i4").tobytes())
+    if data is not None:
+        h.update(memoryview(data)[offsets[0] : offsets[-1]])
     return h.hexdigest()
 
 
-def committed_rows(project: Project) -> dict[str, int]:
-    """sample_id → row_id of every live (committed, not forgotten) sample."""
-    table = project.read_table("samples", columns=["sample_id", "row_id"])
-    if table is None:
-        return {}
-    return dict(zip(table.column("sample_id").to_pylist(), table.column("row_id").to_pylist(), strict=True))
+def labels_ok(idx: LoadedIndex) -> bool:
+    """Whether the labels read back are the set the build recorded."""
+    version = int(idx.meta.get("labels_checksum_version", 1))
+    return labels_checksum(idx.labels, idx.sample_ids, version) == idx.meta.get("labels_checksum")
+
+
+def live_row_mask(project: Project, size: int = 0) -> np.ndarray:
+    """A bool mask over row ids: True for every live (committed, not forgotten) sample."""
+    rows = project.sample_keys().values()
+    mask = np.zeros(max(size, project.next_row_id(), int(rows.max()) + 1 if len(rows) else 0), bool)
+    mask[rows] = True
+    return mask
 
 
 def graph_vectors(vecs: np.ndarray, graph_v: int) -> np.ndarray:
-    """(N, K, v) → (N, K·graph_v) float32: the vectors the graph is built over."""
-    t = torch.from_numpy(np.ascontiguousarray(vecs, dtype=np.float32))
-    if t.shape[-1] != graph_v:
-        t = fold(t, graph_v)
-    return t.reshape(t.shape[0], -1).numpy()
+    """(N, K, v) → (N, K·graph_v) float32: the vectors the graph is built over, folded as `compress.fold` folds
+    (each of graph_v entries sums a contiguous run of v / graph_v)."""
+    n, K, v = vecs.shape
+    out = np.asarray(vecs, dtype=np.float32)
+    if v != graph_v:
+        out = out.reshape(n, K, graph_v, v // graph_v).sum(-1, dtype=np.float64).astype(np.float32)
+    return np.ascontiguousarray(out.reshape(n, -1))
 
 
 def build_index(
@@ -97,7 +135,7 @@ def build_index(
     while True:
         old = current_index(project, v)
         prev = None if rebuild else old
-        if prev is not None and not _new_rows(project, prev):
+        if prev is not None and not stale_count(project, prev):
             return None, {"added": 0, "count": len(prev.labels), "build": prev.meta["build"]}
         folder, written, built = write_build(project, v, params, prev, progress)
         entry = project.transact(_commit_build(project, v, old, written, built))
@@ -127,9 +165,18 @@ def _meta_path(idx: LoadedIndex | None) -> str | None:
     return idx.files["index_meta"].path if idx is not None else None
 
 
-def _new_rows(project: Project, prev: LoadedIndex) -> bool:
-    have = set(prev.labels.tolist())
-    return any(r not in have for r in committed_rows(project).values())
+def _new_rows(project: Project, v: str, have: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, pa.Array]]:
+    """(vectors, row_ids, sample_ids) of the live samples at v whose row ids are not in `have`, file by file."""
+    keys = project.sample_keys()
+    held = np.zeros(max(project.next_row_id(), int(have.max()) + 1 if len(have) else 0), bool)
+    held[have] = True
+    for block in iter_blocks(project, v):
+        rows = keys.lookup(block.keys)  # a forgotten row of a sample collected again maps to its new row: drop it
+        keep = (rows >= 0) if block.alive is None else (rows >= 0) & block.alive
+        keep[keep] = ~held[rows[keep]]
+        if keep.any():
+            at = np.flatnonzero(keep)
+            yield block.vecs[at], rows[at], block.keys.take(pa.array(at))
 
 
 def write_build(
@@ -140,73 +187,97 @@ def write_build(
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[Path, list[tuple[str, Path]], dict[str, Any]]:
     """Write a build of the index for v into a new folder, extending `prev` with the live samples it lacks (or, with
-    no prev, over every live sample). Returns the folder, its files as (table, path) and {added, count, build};
-    nothing is committed."""
+    no prev, over every live sample). Vectors go to hnswlib file by file, folded to the graph's v, so memory holds
+    the graph and one batch, never the data. Returns the folder, its files as (table, path) and {added, count,
+    build}; nothing is committed."""
     import hnswlib
 
     ident = project.identity
-    V = int(v)
-    graph_v = min(V, GRAPH_V)
     K = ident.K
+    have = prev.labels if prev is not None else np.zeros(0, np.int64)
+    todo = stale_count(project, prev) if prev is not None else len(project.sample_keys())
+    if prev is not None:
+        graph_v = int(prev.meta["graph_v"])
+    else:
+        graph_v = min(int(v), params.graph_v) if params.graph_v else graph_v_for(todo, K, int(v))
     dim = K * graph_v
-    rows = committed_rows(project)
-    have: set[int] = set(prev.labels.tolist()) if prev is not None else set()
-    new_keys: list[str] = []
-    new_vecs = []
-    for block in iter_blocks(project, v):
-        keep = [i for i in block.live_rows() if rows.get(block.keys[i]) is not None and rows[block.keys[i]] not in have]
-        if keep:  # folded block by block: memory holds the graph's vectors (K·graph_v each), not the data's
-            new_keys.extend(block.keys[i] for i in keep)
-            new_vecs.append(graph_vectors(block.vecs[keep], graph_v))
-    vecs = np.concatenate(new_vecs) if new_vecs else np.zeros((0, dim), np.float32)
-    labels = np.asarray([rows[s] for s in new_keys], dtype=np.int64)
-    total = len(labels) + (len(prev.labels) if prev else 0)
+    elements = (int(prev.meta.get("elements", len(prev.labels))) if prev is not None else 0) + todo
     graph = hnswlib.Index(space="ip", dim=dim)
     if prev is not None:
-        graph.load_index(str(project.checked(prev.files["index"])), max_elements=max(total, 1))
+        graph.load_index(str(project.checked(prev.files["index"])), max_elements=max(elements, 1))
     else:
-        graph.init_index(max_elements=max(total, 1), ef_construction=params.ef_construction, M=params.m, random_seed=0)
-    graph.set_num_threads(params.threads or max(1, torch.get_num_threads()))
-    step = 2048
-    for lo in range(0, len(labels), step):
-        graph.add_items(vecs[lo : lo + step], labels[lo : lo + step])
-        if progress:
-            progress(min(lo + step, len(labels)), len(labels))
+        graph.init_index(
+            max_elements=max(elements, 1), ef_construction=params.ef_construction, M=params.m, random_seed=0
+        )
+    graph.set_num_threads(params.threads or max(1, len(os.sched_getaffinity(0))))
+    new_rows: list[np.ndarray] = []
+    new_ids: list[pa.Array] = []
+    pending: list[tuple[np.ndarray, np.ndarray]] = []
+    added = 0
+
+    def flush() -> None:
+        nonlocal added
+        if pending:
+            graph.add_items(np.concatenate([g for g, _ in pending]), np.concatenate([r for _, r in pending]))
+            added += sum(len(r) for _, r in pending)
+            pending.clear()
+            if progress:
+                progress(added, todo)
+
+    for vecs, rows, ids in _new_rows(project, v, have):
+        pending.append((graph_vectors(vecs, graph_v), rows))
+        new_rows.append(rows)
+        new_ids.append(ids)
+        if sum(len(r) for _, r in pending) >= _ADD_ROWS:
+            flush()
+    flush()
+    labels = np.concatenate([have, *new_rows]).astype(np.int64)
+    sample_ids = pa.concat_arrays([prev.sample_ids if prev is not None else pa.array([], pa.string()), *new_ids])
     build = (prev.meta["build"] + 1) if prev else _next_build(project, v)
-    folder = project.root / paths.index_dir(v, build, uuid.uuid4().hex[:12])
+    meta = {
+        "v": v,
+        "graph_v": graph_v,
+        "dim": dim,
+        "count": len(labels),
+        "elements": (int(prev.meta.get("elements", len(prev.labels))) if prev else 0) + added,
+        "m": int(prev.meta["m"]) if prev else params.m,
+        "ef_construction": int(prev.meta["ef_construction"]) if prev else params.ef_construction,
+        "space": "ip",
+        "identity_hash": ident.hash(),
+        "labels_checksum": labels_checksum(labels, sample_ids),
+        "labels_checksum_version": LABELS_CHECKSUM,
+        "build": build,
+        "K": K,
+    }
+    folder, written = save_build(project, v, graph, labels, sample_ids, meta)
+    return folder, written, {"added": added, "count": len(labels), "build": build}
+
+
+def save_build(
+    project: Project, v: str, graph: Any, labels: np.ndarray, sample_ids: pa.Array, meta: dict[str, Any]
+) -> tuple[Path, list[tuple[str, Path]]]:
+    """Write a graph, its labels and index.json into a new build folder (not committed); the folder and its files."""
+    import hnswlib
+
+    folder = project.root / paths.index_dir(v, int(meta["build"]), uuid.uuid4().hex[:12])
     folder.mkdir(parents=True, exist_ok=True)
 
     def save(tmp: Path) -> None:
         # hnswlib does not report failed writes (a full disk leaves a short file): load it back before committing
         graph.save_index(str(tmp))
-        check = hnswlib.Index(space="ip", dim=dim)
+        check = hnswlib.Index(space="ip", dim=int(meta["dim"]))
         try:
-            check.load_index(str(tmp), max_elements=max(total, 1))
+            check.load_index(str(tmp), max_elements=max(int(meta["elements"]), 1))
         except RuntimeError as exc:
             raise OSError(errno.ENOSPC, "the index file was written incompletely (disk full?)", str(tmp)) from exc
 
     try:
         write_atomic(folder / "hnsw.bin", save)
-        all_labels = np.concatenate([prev.labels, labels]) if prev else labels
-        all_ids = [*prev.sample_ids, *new_keys] if prev else new_keys
         write_parquet_atomic(
             folder / "labels.parquet",
-            pa.table({"row_id": pa.array(all_labels, pa.int64()), "sample_id": pa.array(all_ids, pa.string())}),
+            pa.table({"row_id": pa.array(labels, pa.int64()), "sample_id": sample_ids.cast(pa.string())}),
         )
-        info = {
-            "v": v,
-            "graph_v": graph_v,
-            "dim": dim,
-            "count": len(all_labels),
-            "m": params.m,
-            "ef_construction": params.ef_construction,
-            "space": "ip",
-            "identity_hash": ident.hash(),
-            "labels_checksum": labels_checksum(all_labels, all_ids),
-            "build": build,
-            "K": K,
-        }
-        write_bytes_atomic(folder / "index.json", (json.dumps(info, indent=2, sort_keys=True) + "\n").encode())
+        write_bytes_atomic(folder / "index.json", (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
@@ -215,40 +286,73 @@ def write_build(
         ("index_labels", folder / "labels.parquet"),
         ("index_meta", folder / "index.json"),
     ]
-    return folder, written, {"added": len(labels), "count": len(all_labels), "build": build}
+    return folder, written
+
+
+def erase(
+    project: Project, idx: LoadedIndex, live: np.ndarray
+) -> tuple[Path, list[tuple[str, Path]], dict[str, Any]] | None:
+    """A new build of `idx` without the labels that are not live: each such element's vector is overwritten with
+    zeros and marked deleted (hnswlib's `mark_deleted`), in place, with no rebuild; its label leaves labels.parquet.
+    None when every label is live. Not committed (`compact` commits it)."""
+    keep = live[idx.labels] if len(live) else np.zeros(len(idx.labels), bool)
+    if keep.all():
+        return None
+    graph = read_graph(project, idx)  # its own copy: the loaded one keeps answering queries meanwhile
+    gone = idx.labels[~keep]
+    graph.add_items(np.zeros((len(gone), int(idx.meta["dim"])), np.float32), gone)  # the stored vector, overwritten
+    for label in gone.tolist():
+        graph.mark_deleted(label)
+    at = np.flatnonzero(keep)
+    labels, ids = idx.labels[at], idx.sample_ids.take(pa.array(at))
+    meta = {**idx.meta, "count": len(labels), "labels_checksum": labels_checksum(labels, ids)}
+    meta["labels_checksum_version"] = LABELS_CHECKSUM
+    meta["build"] = _next_build(project, str(idx.meta["v"]))
+    meta.setdefault("elements", len(idx.labels))
+    folder, written = save_build(project, str(idx.meta["v"]), graph, labels, ids, meta)
+    return folder, written, {"erased": len(gone), "count": len(labels), "build": meta["build"]}
 
 
 def _next_build(project: Project, v: str) -> int:
-    builds = [
-        paths.build_of(f.path) for e in project.entries() for f in e.files if f.table == "index_meta" and f.v == v
-    ]
-    return max(builds, default=0) + 1
+    return project.state().max_build.get(v, 0) + 1
 
 
 @dataclass
 class RowSource:
-    """Where each live sample's vectors at v lie in the committed grads files: re-ranking reads them in place."""
+    """Where each live sample's vectors at v lie in the committed grads files, by row id: re-ranking reads them in
+    place. Two int arrays over the row ids (8 MB a million samples), built once per loaded index."""
 
     blocks: list[VectorBlock]
-    where: dict[str, tuple[int, int]]  # sample_id → (block, row)
+    block_of: np.ndarray  # row_id → block index (-1: none)
+    row_in: np.ndarray  # row_id → row within its block
 
     @classmethod
     def of(cls, project: Project, v: str) -> RowSource:
+        keys = project.sample_keys()
         blocks = list(iter_blocks(project, v))
-        where = {block.keys[i]: (b, int(i)) for b, block in enumerate(blocks) for i in block.live_rows()}
-        return cls(blocks, where)
+        size = max(project.next_row_id(), 1)
+        block_of = np.full(size, -1, np.int32)
+        row_in = np.zeros(size, np.int64)
+        for b, block in enumerate(blocks):
+            rows = keys.lookup(block.keys)
+            ok = (rows >= 0) if block.alive is None else (rows >= 0) & block.alive
+            block_of[rows[ok]] = b
+            row_in[rows[ok]] = np.flatnonzero(ok)
+        return cls(blocks, block_of, row_in)
 
-    def dots(self, sample_ids: list[str], query: np.ndarray) -> np.ndarray:
-        """(len(sample_ids), K) per-timestep inner products with the query, file by file."""
-        out = np.empty((len(sample_ids), query.shape[0]), dtype=np.float64)
-        spots = np.asarray([self.where[s] for s in sample_ids], dtype=np.int64).reshape(-1, 2)
-        for b in np.unique(spots[:, 0]):
-            at = np.flatnonzero(spots[:, 0] == b)
+    def dots(self, row_ids: np.ndarray, query: np.ndarray) -> np.ndarray:
+        """(len(row_ids), K) per-timestep inner products with the query, file by file."""
+        from dmin.kernels.dot import timestep_dots, timestep_dots_rows  # numba: loaded when a search needs it
+        out = np.empty((len(row_ids), query.shape[0]), dtype=np.float64)
+        where = self.block_of[row_ids]
+        for b in np.unique(where):
+            at = np.flatnonzero(where == b)
             vecs = self.blocks[int(b)].vecs
+            rows = self.row_in[row_ids[at]]
             if vecs.dtype == np.float32:
-                out[at] = timestep_dots_rows(vecs, spots[at, 1], query)
+                out[at] = timestep_dots_rows(vecs, rows, query)
             else:  # float16 storage: widen the few rows needed
-                out[at] = timestep_dots(vecs[spots[at, 1]].astype(np.float32), query)
+                out[at] = timestep_dots(vecs[rows].astype(np.float32), query)
         return out
 
 
@@ -257,23 +361,35 @@ class LoadedIndex:
     files: dict[str, FileRef]  # index, index_labels, index_meta → the build's committed files
     dir: Path
     meta: dict[str, Any]
-    labels: np.ndarray
-    sample_ids: list[str]
+    labels: np.ndarray  # row ids the graph answers with (live when built; erased ones are not listed)
+    sample_ids: pa.Array
     graph: Any = None
-    live: set[int] | None = None  # live row ids, computed once per load: searches return only these
-    missing: int | None = None  # live samples the index lacks, computed once per load
-    pos_of: dict[int, int] | None = None  # row_id → position in labels
+    live: np.ndarray | None = None  # bool mask over row ids: searches return only these
+    missing: int = 0  # live samples the index lacks
+    seen: tuple[int, int] | None = None  # the project's samples_version() that `live` and `missing` reflect
+    deleted: set[int] = field(default_factory=set)  # labels marked deleted in the loaded graph
+    marked: tuple[int, int] | None = None  # the samples_version() `deleted` reflects
+    pos_of: np.ndarray | None = None  # row_id → position in labels (-1: not in the index)
     rows: RowSource | None = None  # the vectors at v, for re-ranking (when the graph is over a fold)
 
 
 def current_index(project: Project, v: str) -> LoadedIndex | None:
-    """The latest committed build for v (metadata, labels and re-rank vectors; the graph loads lazily)."""
+    """The latest committed build for v (metadata and labels; the graph and re-rank vectors load lazily). Kept by
+    the Project while it stays current, so a process answering many queries loads each graph once."""
     metas = project.live_files("index_meta", v)
     if not metas:
         return None
     meta_ref = metas[-1]
+    cached = project.indexes.get(v)
+    if cached is not None and cached.files["index_meta"].path == meta_ref.path:
+        return cached
     folder = meta_ref.path.rsplit("/", 1)[0]
-    files = {f.table: f for f in project.entry_of(meta_ref.path).files if f.path.rsplit("/", 1)[0] == folder}
+    files = {
+        f.table: f
+        for table in ("index", "index_labels", "index_meta")
+        for f in project.live_files(table, v)
+        if f.path.rsplit("/", 1)[0] == folder
+    }
     if set(files) != {"index", "index_labels", "index_meta"}:
         raise IntegrityError(f"{folder}: index build for v={v} is incomplete; rebuild with `dmin index --rebuild`")
     try:
@@ -288,11 +404,20 @@ def current_index(project: Project, v: str) -> LoadedIndex | None:
             f"index for v={v} was built for a different identity; rebuild with `dmin index --v {v} --rebuild`"
         )
     labels = labels_table.column("row_id").to_numpy()
-    return LoadedIndex(files, project.root / folder, meta, labels, labels_table.column("sample_id").to_pylist())
+    ids = labels_table.column("sample_id").combine_chunks()
+    project.indexes[v] = LoadedIndex(files, project.root / folder, meta, labels, ids)
+    return project.indexes[v]
 
 
 def load_graph(project: Project, idx: LoadedIndex) -> Any:
-    """Load hnsw.bin after checking its size and checksum against the manifest."""
+    """Load hnsw.bin (checked) into `idx`, once."""
+    if idx.graph is None:
+        idx.graph = read_graph(project, idx)
+    return idx.graph
+
+
+def read_graph(project: Project, idx: LoadedIndex) -> Any:
+    """A new hnswlib object from hnsw.bin, after checking its size and checksum against the manifest."""
     import hnswlib
 
     ref = idx.files["index"]
@@ -304,41 +429,53 @@ def load_graph(project: Project, idx: LoadedIndex) -> Any:
         )
     graph = hnswlib.Index(space="ip", dim=int(idx.meta["dim"]))
     try:
-        graph.load_index(str(path), max_elements=max(1, int(idx.meta["count"])))
+        graph.load_index(str(path), max_elements=max(1, int(idx.meta.get("elements", idx.meta["count"]))))
     except RuntimeError as exc:
         raise IntegrityError(
             f"{ref.path}: hnswlib cannot load the index ({exc}); rebuild with `dmin index --v "
             f"{idx.meta['v']} --rebuild`"
         ) from exc
-    idx.graph = graph
     return graph
+
+
+def _refresh(project: Project, idx: LoadedIndex) -> LoadedIndex:
+    """Bring `idx`'s view of the live samples up to date (only after a samples or forget commit)."""
+    version = project.samples_version()
+    if idx.seen != version:
+        live = live_row_mask(project, int(idx.labels.max()) + 1 if len(idx.labels) else 0)
+        held = np.zeros(len(live), bool)
+        held[idx.labels] = True
+        idx.live, idx.missing, idx.seen = live, int((live & ~held).sum()), version
+        idx.pos_of = np.full(len(live), -1, np.int64)
+        idx.pos_of[idx.labels] = np.arange(len(idx.labels))
+    return idx
 
 
 def stale_count(project: Project, idx: LoadedIndex) -> int:
     """How many live samples the index lacks."""
-    have = set(idx.labels.tolist())
-    return sum(r not in have for r in committed_rows(project).values())
+    return _refresh(project, idx).missing
 
 
 def knn(
     project: Project, idx: LoadedIndex, query: np.ndarray, k: int, ef: int = 100, allow_stale: bool = False
 ) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Top-k by the index: (sample_ids, total scores, per-timestep scores), exact inner products at v; forgotten
-    samples are filtered out of the search."""
-    if idx.live is None:
-        rows = set(committed_rows(project).values())
-        idx.live = rows
-        idx.missing = len(rows - set(idx.labels.tolist()))
-    missing = idx.missing
-    if missing and not allow_stale:
+    samples are marked deleted in the loaded graph, so searches never return them."""
+    graph = load_graph(project, idx)
+    if idx.marked != _refresh(project, idx).seen:  # forgotten since the build: marked deleted, never an answer
+        assert idx.live is not None
+        for label in idx.labels[~idx.live[idx.labels]].tolist():
+            if label not in idx.deleted:
+                graph.mark_deleted(label)
+                idx.deleted.add(label)
+        idx.marked = idx.seen
+    if idx.missing and not allow_stale:
         raise IndexStale(
-            f"the v={idx.meta['v']} index misses {missing} committed sample(s); run `dmin index "
+            f"the v={idx.meta['v']} index misses {idx.missing} committed sample(s); run `dmin index "
             f"{project.root} --v {idx.meta['v']}` (or pass --allow-stale)"
         )
-    graph = idx.graph or load_graph(project, idx)
     K, V, graph_v = int(idx.meta["K"]), int(idx.meta["v"]), int(idx.meta["graph_v"])
-    live = idx.live
-    count = sum(int(r) in live for r in idx.labels)
+    count = len(idx.labels) - len(idx.deleted)
     k = min(k, count)
     if k == 0:
         return [], np.zeros(0), np.zeros((0, K))
@@ -346,24 +483,23 @@ def knn(
     want = min(count, k * RERANK_FACTOR if rerank else k)
     graph.set_ef(max(ef, want))
     gq = graph_vectors(query[None].astype(np.float32), graph_v)
-    only_live = None if count == len(idx.labels) else (lambda label: label in live)
-    labels, _ = graph.knn_query(gq, k=want, filter=only_live)
+    labels, _ = graph.knn_query(gq, k=want)
     labels = labels[0].astype(np.int64)
-    if idx.pos_of is None:
-        idx.pos_of = {int(r): i for i, r in enumerate(idx.labels)}
-    pos = np.sort([idx.pos_of[int(r)] for r in labels])  # ties go to the earlier row, as in exact scoring
-    ids = [idx.sample_ids[int(p)] for p in pos]
+    assert idx.pos_of is not None
+    pos = np.sort(idx.pos_of[labels])  # ties go to the earlier row, as in exact scoring
+    rows = idx.labels[pos]
     if rerank:
         if idx.rows is None:
             idx.rows = RowSource.of(project, str(V))
-        per_t = idx.rows.dots(ids, query)
+        per_t = idx.rows.dots(rows, query)
     else:
-        by_label = dict(zip(labels.tolist(), graph.get_items(labels, return_type="numpy"), strict=True))
-        cand = np.stack([by_label[int(idx.labels[p])] for p in pos]).reshape(-1, K, graph_v)
+        from dmin.kernels.dot import timestep_dots
+
+        cand = graph.get_items(rows, return_type="numpy").reshape(-1, K, graph_v)
         per_t = timestep_dots(np.ascontiguousarray(cand, dtype=np.float32), query)
     total = per_t.sum(1)
     best = np.lexsort((pos, -total))[:k]
-    return [ids[int(i)] for i in best], total[best], per_t[best]
+    return idx.sample_ids.take(pa.array(pos[best])).to_pylist(), total[best], per_t[best]
 
 
 def verify_indexes(project: Project, ver: Findings) -> None:
@@ -373,8 +509,8 @@ def verify_indexes(project: Project, ver: Findings) -> None:
         metas = project.live_files("index_meta", v)
         if not metas:
             continue
-        build = project.entry_of(metas[-1].path)
-        ref = next((f for f in build.files if f.table == "index" and f.v == v), None)
+        folder = metas[-1].path.rsplit("/", 1)[0]
+        ref = next((f for f in project.live_files("index", v) if f.path.rsplit("/", 1)[0] == folder), None)
         if ref is None:
             ver.defect("index", f"index/v={v}", "index entry names no hnsw.bin")
             continue
@@ -390,7 +526,7 @@ def verify_indexes(project: Project, ver: Findings) -> None:
         if idx is None:
             continue
         ver.checked["indexes"] += 1
-        if labels_checksum(idx.labels, idx.sample_ids) != idx.meta.get("labels_checksum"):
+        if not labels_ok(idx):
             ver.defect(
                 "index", idx.files["index_labels"].path, "label set does not match the checksum recorded in index.json"
             )
@@ -399,9 +535,9 @@ def verify_indexes(project: Project, ver: Findings) -> None:
             ver.defect("index", idx.files["index_meta"].path, "index was built for a different identity")
         if known is None:  # every committed row id, forgotten ones included: a forgotten label is filtered, not unknown
             every = project.read_table("samples", columns=["row_id"], live=False)
-            known = set() if every is None else set(every.column("row_id").to_pylist())
-        unknown = [int(r) for r in idx.labels if int(r) not in known]
-        if unknown:
+            known = np.zeros(0, np.int64) if every is None else every.column("row_id").to_numpy()
+        unknown = idx.labels[~np.isin(idx.labels, known)]
+        if len(unknown):
             ver.defect(
                 "index", f"index/v={v}", f"{len(unknown)} label(s) name no committed sample (e.g. row_id {unknown[0]})"
             )
@@ -417,7 +553,8 @@ def verify_indexes(project: Project, ver: Findings) -> None:
 
 
 def self_test_recall(project: Project, idx: LoadedIndex, queries: int = 20, k: int = 10) -> float | None:
-    """Query ≥ 20 live stored samples through the index; mean recall@10 against exact scoring (None if too few)."""
+    """Query ≥ 20 live stored samples through the index; mean recall@10 against exact scoring, all queries scored
+    in one pass over the vectors (None if too few)."""
     v = str(idx.meta["v"])
     picked: list[np.ndarray] = []
     for block in iter_blocks(project, v):
@@ -425,15 +562,37 @@ def self_test_recall(project: Project, idx: LoadedIndex, queries: int = 20, k: i
             picked.append(np.asarray(block.vecs[i], dtype=np.float32))
     if not picked:
         return None
+    qs = np.stack(picked)
+    held = np.zeros(max(project.next_row_id(), int(idx.labels.max()) + 1 if len(idx.labels) else 0), bool)
+    held[idx.labels] = True  # a stale index is judged on the samples it holds (staleness is a warning)
+    exact = exact_scores_many(project, v, qs, held)
     hits = 0.0
-    indexed = set(idx.sample_ids)  # a stale index is judged on the samples it holds (staleness is a warning)
-    held = None
-    for q in picked:
-        exact = exact_scores(project, v, q)
-        if held is None:
-            held = np.fromiter((s in indexed for s in exact.ids), bool, len(exact.ids))
-        top = Scores(exact.ids, exact.per_t, np.where(held, exact.total, -np.inf)).top(min(k, int(held.sum())))
-        want = {exact.ids[i] for i in top}
+    for q, want in zip(qs, exact, strict=True):
         got, _, _ = knn(project, idx, q, k, ef=max(100, 4 * k), allow_stale=True)
-        hits += len(want & set(got)) / max(1, len(want))
+        hits += len(set(want[:k]) & set(got)) / max(1, min(k, len(want)))
     return hits / len(picked)
+
+
+def exact_scores_many(project: Project, v: str, queries: np.ndarray, among: np.ndarray, k: int = 10) -> list[list[str]]:
+    """The exact top-k sample_ids of each query (Q, K, v) among the live samples whose row ids `among` marks, in
+    one pass over the stored vectors (a matrix product per slice of rows)."""
+    keys = project.sample_keys()
+    flat_q = queries.reshape(len(queries), -1).astype(np.float32).T
+    scores_parts: list[np.ndarray] = []  # each slice's candidates: scores (n, Q) and sample_ids (n,)
+    id_parts: list[pa.Array] = []
+    for block in iter_blocks(project, v):
+        rows = keys.lookup(block.keys)
+        ok = (rows >= 0) if block.alive is None else (rows >= 0) & block.alive
+        ok[ok] = among[rows[ok]]
+        at = np.flatnonzero(ok)
+        for lo in range(0, len(at), 16384):
+            part = at[lo : lo + 16384]
+            scores = np.asarray(block.vecs[part], dtype=np.float32).reshape(len(part), -1) @ flat_q
+            pick = np.unique(np.argpartition(-scores, min(k, len(part)) - 1, axis=0)[:k])
+            scores_parts.append(scores[pick])
+            id_parts.append(block.keys.take(pa.array(part[pick])))
+    if not scores_parts:
+        return [[] for _ in queries]
+    scores = np.concatenate(scores_parts)
+    ids = pa.concat_arrays(id_parts)
+    return [ids.take(pa.array(np.argsort(-scores[:, q], kind="stable")[:k])).to_pylist() for q in range(len(queries))]

@@ -1,8 +1,8 @@
 """`info`: a project in brief — its identity, what is stored, the indexes' state, and the query log.
 
-Read from the manifest (row counts, sizes, commit times) and a few small files (the failures and queries tables'
-key columns, each index's index.json), never from the gradient files, so it stays fast on a large project. Keys
-of `to_dict()` are documented in docs/cli.md and reuse dmin.json's names where they exist.
+Read from the manifest's sum (row counts, sizes, commit times: `store.state`) and a few small files (the samples,
+failures and queries tables' key columns, each index's labels), never from the gradient files, so it stays fast on
+a large project. Keys of `to_dict()` are documented in docs/cli.md and reuse dmin.json's names where they exist.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pyarrow.compute as pc
 
 from dmin.store import Project
 
@@ -87,7 +89,7 @@ class ProjectInfo:
 
 def _distinct(project: Project, table: str, column: str) -> int:
     data = project.read_table(table, columns=[column])
-    return 0 if data is None else len(set(data.column(column).to_pylist()))
+    return 0 if data is None else int(pc.count_distinct(data.column(column)).as_py())
 
 
 def _index_state(project: Project, v: str) -> IndexState | None:
@@ -96,15 +98,15 @@ def _index_state(project: Project, v: str) -> IndexState | None:
     idx = current_index(project, v)
     if idx is None:
         return None
-    entry = project.entry_of(idx.files["index_meta"].path)
+    live = project.live(idx.files["index_meta"].path)
     missing = stale_count(project, idx)
     return IndexState(
         v=v,
         state="stale" if missing else "fresh",
         samples=len(idx.labels),
         missing=missing,
-        build=int(idx.meta.get("build", entry.meta.get("build", 0))),
-        built_at=entry.created_at,
+        build=int(idx.meta.get("build", live.build or 0)),
+        built_at=live.created_at,
         bytes=sum(f.bytes for f in idx.files.values()),
         m=idx.meta.get("m"),
         ef_construction=idx.meta.get("ef_construction"),
@@ -116,18 +118,19 @@ def project_info(root: str | Path) -> ProjectInfo:
     """Summarize a project (ProjectError when it is not one; IntegrityError when a file it reads is damaged)."""
     project = Project.open(root)
     ident = project.identity
-    entries = project.entries()
+    state = project.state()
     every = ident.to_dict()
     brief = {k: every[k] for k in IDENTITY_BRIEF}
     brief["K"] = ident.K
     brief["identity_hash"] = ident.hash()
-    samples = len(project.sample_ids())
-    live = project.liveness()
+    samples = len(project.sample_keys())
+    # rows of forgotten samples stay in files until `compact` and no longer count; a sample has K rows at every v
+    # (what `verify` checks), so the samples files alone say how many to take off
+    held = sum(int(dead.sum()) for f in project.live_files("samples") if (dead := project.dead_rows(f)) is not None)
     vs = []
     for v in ident.vs:
         grads = project.live_files("grads", v)
-        # rows of forgotten samples stay in files until `compact`; they no longer count
-        rows = sum(f.rows - ident.K * len(live.dead(f) & project.ids_in(f)) if live.dead(f) else f.rows for f in grads)
+        rows = sum(f.rows for f in grads) - ident.K * held
         vs.append(
             StoredV(
                 v=v,
@@ -139,7 +142,6 @@ def project_info(root: str | Path) -> ProjectInfo:
             )
         )
     indexes = [s for v in ident.vs if v != "full" and (s := _index_state(project, v)) is not None]
-    gone = {p for e in entries for p in e.supersedes}
     return ProjectInfo(
         project=str(project.root),
         schema_version=ident.schema_version,
@@ -152,7 +154,7 @@ def project_info(root: str | Path) -> ProjectInfo:
         indexes=indexes,
         queries=_distinct(project, "queries", "query_id"),
         results=sum(f.rows for f in project.live_files("results")),
-        commits=len(entries),
-        last_commit_at=entries[-1].created_at if entries else None,
-        bytes=sum(f.bytes for e in entries for f in e.files if f.path not in gone),
+        commits=state.seq,
+        last_commit_at=state.last_commit_at,
+        bytes=sum(live.ref.bytes for live in state.files.values()),
     )

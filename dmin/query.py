@@ -61,6 +61,7 @@ class QuerySpec:
 
 
 QUERY_KEYS = ("image", "prompt", "label", "seed", "query_id")
+PNG_MODES = frozenset({"1", "L", "LA", "P", "RGB", "RGBA", "I;16"})  # the query_id hashes PNG bytes; others as RGB
 
 
 def read_queries(path: str | Path) -> list[QuerySpec]:
@@ -150,6 +151,20 @@ def run_query(
     on_step: StepCallback | None = None,
 ) -> QueryResult:
     """Attribute one query; `on_step(done, total)` follows image generation when the spec asks for it."""
+    v = _check(project, k, v, method)
+    image, image_path = _query_image(project, setup, spec, on_step)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG") if image.mode in PNG_MODES else image.convert("RGB").save(buf, format="PNG")
+    cond = json.dumps({"prompt": spec.prompt, "label": spec.label}, sort_keys=True).encode()
+    query_id = spec.query_id or "q-" + xxhash.xxh3_64_hexdigest(buf.getvalue() + b"\0" + cond)
+    if image_path is None and spec.seed is not None:
+        image_path = _save_generated(project, query_id, image)
+    vecs, norms, losses = query_gradients(setup, image, spec.prompt, spec.label)
+    return attribute(project, query_id, spec, vecs, norms, losses, image_path, k, v, method, ef, allow_stale)
+
+
+def _check(project: Project, k: int, v: str | None, method: str) -> str:
+    """The stored v a query uses, after checking its settings (before any model work)."""
     if method not in ("auto", "exact", "knn"):
         raise UsageError(f"method {method!r}: choose auto, exact or knn")
     if k < 1:
@@ -157,14 +172,26 @@ def run_query(
     v = resolve_v(project, v)
     if method == "knn" and v == "full":
         raise UsageError("v=full is scored exactly (indexes hold compressed v's); drop --knn or pass a compressed --v")
-    image, image_path = _query_image(project, setup, spec, on_step)
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    cond = json.dumps({"prompt": spec.prompt, "label": spec.label}, sort_keys=True).encode()
-    query_id = spec.query_id or "q-" + xxhash.xxh3_64_hexdigest(buf.getvalue() + b"\0" + cond)
-    if image_path is None and spec.seed is not None:
-        image_path = _save_generated(project, query_id, image)
-    vecs, norms, losses = query_gradients(setup, image, spec.prompt, spec.label)
+    return v
+
+
+def attribute(
+    project: Project,
+    query_id: str,
+    spec: QuerySpec,
+    vecs: dict[str, np.ndarray],
+    norms: np.ndarray,
+    losses: np.ndarray,
+    image_path: str | None = None,
+    k: int = 10,
+    v: str | None = None,
+    method: str = "auto",
+    ef: int = 100,
+    allow_stale: bool = False,
+) -> QueryResult:
+    """Everything a query does once it has its gradients (v → (K, dim) vectors, with their norms and losses):
+    score every live sample exactly or search the index, read the top-k's metadata, commit the query."""
+    v = _check(project, k, v, method)
     if not np.isfinite(norms).all():
         raise DataError("the query's gradient is not finite; check the image and the model weights")
     vecs = complete(vecs, [v], project.identity)  # the commit then derives only the other stored v's
@@ -180,7 +207,7 @@ def run_query(
     else:
         scores = exact_scores(project, v, q)
         top = scores.top(k)
-        ids, totals, per_t = [scores.ids[i] for i in top], scores.total[top], scores.per_t[top]
+        ids, totals, per_t = scores.ids_at(top), scores.total[top], scores.per_t[top]
     meta = _sample_meta(project, ids)
     results = []
     for rank, (sid, score, row) in enumerate(zip(ids, totals, per_t, strict=True), 1):
@@ -229,15 +256,14 @@ def _save_generated(project: Project, query_id: str, image: Image.Image) -> str:
 
 
 def _sample_meta(project: Project, ids: list[str]) -> dict[str, dict[str, Any]]:
-    table = project.read_table("samples")
-    if table is None or not ids:
+    """The samples rows of a query's top-k, read by row id (`Project.samples_by_row`), keyed by sample_id."""
+    if not ids:
         return {}
-    want = set(ids)
+    rows = project.sample_keys().lookup(ids)
     out = {}
-    for row in table.to_pylist():
-        if row["sample_id"] in want:
-            sid = row.pop("sample_id")
-            out[sid] = {k: v for k, v in row.items()}
+    for _, table in project.samples_by_row(rows[rows >= 0]):
+        for row in table.to_pylist():
+            out[row.pop("sample_id")] = row
     return out
 
 
@@ -286,11 +312,10 @@ def _commit(
     in_project = image is not None and image.is_relative_to(project.root.resolve())
 
     def plan(stage: Stage) -> Commit | None:
-        seen = project.read_table("results", columns=["query_id", "method", "v"], live=False)
-        if seen is not None and {"query_id": query_id, "method": method, "v": v} in seen.to_pylist():
+        state = project.state()
+        if (query_id, method, v) in state.answered:
             return None  # the same query, method and v are stored already: a rerun adds no duplicates
-        known = project.read_table("queries", columns=["query_id"])
-        is_new = known is None or query_id not in set(known.column("query_id").to_pylist())
+        is_new = query_id not in state.queried
         files = [
             stage.table("queries", "queries", None, "queries/meta", queries),
             stage.table("results", "results", None, "results", res),
@@ -326,7 +351,13 @@ def load_training_image(project: Project, sample_id: str, source: str) -> Image.
             import pyarrow.parquet as pq
 
             row = int(source.rsplit("#", 1)[1])
-            img = pq.read_table(root, columns=["image"]).column("image")[row].as_py()
+            pf = pq.ParquetFile(root)
+            for g in range(pf.metadata.num_row_groups):  # decode only the row group that holds the row
+                size = pf.metadata.row_group(g).num_rows
+                if row < size:
+                    break
+                row -= size
+            img = pf.read_row_group(g, columns=["image"]).column("image")[row].as_py()
             raw = img.get("bytes") if isinstance(img, dict) else img
             return Image.open(io.BytesIO(raw)) if isinstance(raw, bytes) else None
         return Image.open(root / source)

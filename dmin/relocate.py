@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dmin.data import load_dataset
@@ -36,9 +37,9 @@ class Root:
 def roots(project: Project) -> list[Root]:
     """Each data root live samples resolve against, with how many samples and whether it is there."""
     counts: Counter[str | None] = Counter()
-    liveness = project.liveness()
     for f in project.live_files("samples"):
-        counts[project.data_root(f)] += len(project.ids_in(f) - liveness.dead(f))
+        dead = project.dead_rows(f)
+        counts[project.data_root(f)] += f.rows - (int(dead.sum()) if dead is not None else 0)
     return [Root(r, n, r is not None and Path(r).exists()) for r, n in counts.items() if n]
 
 
@@ -49,14 +50,14 @@ def _key(source: str) -> str:
 
 def _samples_under(project: Project, root: str) -> list[tuple[str, str]]:
     """(sample_id, source) of the live samples resolving against `root`."""
-    liveness = project.liveness()
     out = []
     for f in project.live_files("samples"):
         if project.data_root(f) == root:
-            dead = liveness.dead(f)
             t = pq.read_table(project.checked(f), columns=["sample_id", "source"])
-            pairs = zip(t.column("sample_id").to_pylist(), t.column("source").to_pylist(), strict=True)
-            out += [(s, src) for s, src in pairs if s not in dead]
+            dead = project.dead_rows(f)
+            if dead is not None:
+                t = t.filter(pa.array(~dead))
+            out += list(zip(t.column("sample_id").to_pylist(), t.column("source").to_pylist(), strict=True))
     return out
 
 

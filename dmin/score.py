@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 
 from dmin.kernels.dot import timestep_dots
 from dmin.store.project import Project
@@ -20,9 +21,9 @@ from dmin.store.vectors import iter_blocks
 
 @dataclass(frozen=True)
 class Scores:
-    """Scores of every committed sample against one query: ids (N,), per_t (N, K), total (N,)."""
+    """Scores of every live sample against one query: keys (N,) sample_ids, per_t (N, K), total (N,)."""
 
-    ids: list[str]
+    keys: pa.ChunkedArray
     per_t: np.ndarray
     total: np.ndarray
 
@@ -33,6 +34,15 @@ class Scores:
             return np.zeros(0, dtype=np.int64)
         part = np.argpartition(-self.total, k - 1)[:k]
         return part[np.lexsort((part, -self.total[part]))]
+
+    def ids_at(self, index: np.ndarray) -> list[str]:
+        """The sample_ids at these indices (only those become Python strings)."""
+        return self.keys.take(pa.array(np.asarray(index, dtype=np.int64))).to_pylist()
+
+    @property
+    def ids(self) -> list[str]:
+        """Every scored sample_id as a Python list (small projects and tests; `ids_at` scales)."""
+        return self.keys.to_pylist()
 
 
 def block_scores(vecs: np.ndarray, query: np.ndarray) -> np.ndarray:
@@ -45,16 +55,15 @@ def block_scores(vecs: np.ndarray, query: np.ndarray) -> np.ndarray:
 def exact_scores(project: Project, v: str, query: np.ndarray) -> Scores:
     """Score a query (K, dim) against every live training sample of grads/v=V (forgotten ones are absent)."""
     K = project.identity.K
-    ids: list[str] = []
+    keys: list[pa.Array] = []
     parts = []
     for block in iter_blocks(project, v):
         scores = block_scores(block.vecs, query)
         if block.alive is None:
-            ids.extend(block.keys)
+            keys.append(block.keys)
             parts.append(scores)
         else:  # scored whole (one pass over the mapped pages), then the forgotten rows dropped
-            rows = block.live_rows()
-            ids.extend(block.keys[i] for i in rows)
-            parts.append(scores[rows])
+            keys.append(block.keys.filter(pa.array(block.alive)))
+            parts.append(scores[block.alive])
     per_t = np.concatenate(parts) if parts else np.zeros((0, K))
-    return Scores(ids, per_t, per_t.sum(axis=1))
+    return Scores(pa.chunked_array(keys, pa.string()), per_t, per_t.sum(axis=1))

@@ -8,7 +8,6 @@ would fail.
 
 from __future__ import annotations
 
-from dmin.compress import Compressor
 from dmin.derive import source_for
 from dmin.errors import CompressionError, UsageError
 from dmin.store import Project
@@ -34,6 +33,8 @@ def derivable_v(project: Project, text: str | int) -> int:
         )
     ident = project.identity
     try:
+        from dmin.compress import Compressor  # torch: only a v that is not stored gets here
+
         return Compressor(ident.n, ident.compress_seed).check_v(int(v))
     except CompressionError as exc:
         raise UsageError(f"--v {v}: {exc}") from exc

@@ -1,13 +1,15 @@
 """`verify`: is the project what its manifest says, and is it consistent? Every finding names a file.
 
-Quick checks read only metadata and key columns; `deep` adds checksums, vector contents, fold consistency, the
-index self-test and orphan files. A finding is a `defect` (exit 1) or a `warning` (reported, exit 0).
+Quick checks read the manifest's newest checkpoint and the entries after it, each file's size and Parquet footer,
+row counts, and the index labels: their cost follows the number of files, not of samples. `deep` adds every entry
+(replayed and compared with the checkpoint), checksums, vector contents, key-level completeness and duplicates,
+fold consistency, the index self-test and orphan files. A finding is a `defect` (exit 1) or a `warning` (reported,
+exit 0).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -15,19 +17,21 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import torch
 
-from dmin.compress import Compressor, fold
 from dmin.errors import DminError
 from dmin.findings import Finding, Findings
 from dmin.index import verify_indexes
 from dmin.store import paths
 from dmin.store.atomic import file_checksum
 from dmin.store.identity import Identity
+from dmin.store.keys import KeySet
 from dmin.store.manifest import Entry, FileRef, parse_entry
+from dmin.store.pages import plain_values
 from dmin.store.project import Project
 from dmin.store.schema import SAMPLES_BASE, fixed_schema, grads_schema
+from dmin.store.state import State, checkpoint_name
 from dmin.store.vectors import vec_values
 
 FOLD_SAMPLES = 8
@@ -61,7 +65,6 @@ class _Verifier(Findings):
         super().__init__(deep)
         self.root = root
         self.progress = progress
-        self._pairs_seen: dict[str, set[tuple[str, int]]] = {}
 
     def run(self) -> Report:
         try:
@@ -72,18 +75,23 @@ class _Verifier(Findings):
         ident = project.identity
         self.checked["identity"] += 1
         entries = self.entries(project, ident)
-        live = self.live(entries)
-        refs = [r for _, r in live]
+        try:
+            refs = [live.ref for live in project.state().files.values()]
+        except DminError as exc:
+            self.defect("manifest", _file_of(exc), str(exc))
+            return self.report()
         stages = [
             ("files", lambda: self.check_files(ident, refs)),
-            ("complete", lambda: self.check_grads_complete(project, ident, refs)),
+            ("complete", lambda: self.check_complete(project, ident)),
             ("index", lambda: verify_indexes(project, self)),
             ("forgotten", lambda: self.check_forgotten(project)),
         ]
         if self.deep:
             stages += [
+                ("checkpoint", lambda: self.check_checkpoint(project, entries)),
+                ("duplicates", lambda: self.check_keys(project, ident)),
                 ("fold", lambda: self.check_folds(project, ident, refs)),
-                ("orphan", lambda: self.check_orphans(entries)),
+                ("orphan", lambda: self.check_orphans(project, entries)),
             ]
         for name, stage in stages:
             try:
@@ -97,6 +105,8 @@ class _Verifier(Findings):
 
     # -- manifest -----------------------------------------------------------------------------------------
     def entries(self, project: Project, ident: Identity) -> list[Entry]:
+        """Parse and check manifest entries: quick, those after the newest checkpoint (readers use nothing older);
+        deep, every one. Returns the entries parsed."""
         out = []
         want = ident.hash()
         names = project.manifest_names()
@@ -108,8 +118,13 @@ class _Verifier(Findings):
                     "manifest entry missing (sequence gap): committed data was un-committed or deleted",
                 )
                 break
+        first = 1
+        if not self.deep:
+            with contextlib.suppress(DminError):
+                checkpoint = project.checkpoint(len(names))
+                first = checkpoint.seq if checkpoint is not None else 1
         mismatched: list[str] = []
-        for name in names:
+        for name in names[first - 1 :]:
             rel = f"{paths.MANIFEST}/{name}"
             try:
                 entry = parse_entry((self.root / rel).read_text(errors="replace"), rel)
@@ -133,17 +148,34 @@ class _Verifier(Findings):
                     rel,
                     "entry was written under a different identity than dmin.json (files from another project)",
                 )
-        vs_in_manifest = {f.v for e in out for f in e.files if f.table == "grads" and f.v}
-        for v in sorted(vs_in_manifest - set(ident.vs)):
-            self.warn(
-                "identity", paths.IDENTITY, f"v={v} is committed but not listed in vs; `dmin compress` will record it"
-            )
+        with contextlib.suppress(DminError):
+            committed = {live.ref.v for live in project.state().files.values() if live.ref.table == "grads"}
+            for v in sorted(v for v in committed - set(ident.vs) if v):
+                self.warn(
+                    "identity",
+                    paths.IDENTITY,
+                    f"v={v} is committed but not listed in vs; `dmin compress` will record it",
+                )
         return out
 
-    @staticmethod
-    def live(entries: list[Entry]) -> list[tuple[Entry, FileRef]]:
-        gone = {p for e in entries for p in e.supersedes}
-        return [(e, f) for e in entries for f in e.files if f.path not in gone]
+    def check_checkpoint(self, project: Project, entries: list[Entry]) -> None:
+        """(deep) The state readers open with — the newest checkpoint plus the entries after it — equals a replay
+        of every entry from the first."""
+        replay = State()
+        for entry in entries:
+            replay.apply(entry)
+        checkpoint = project.checkpoint(len(entries))
+        if checkpoint is None:
+            return
+        self.checked["checkpoint"] += 1
+        state = project.state()
+        if not replay.same_as(state):
+            self.defect(
+                "checkpoint",
+                checkpoint_name(checkpoint.seq),
+                "checkpoint disagrees with the entries it sums up (damaged or stale); delete it, readers then replay "
+                "the entries",
+            )
 
     # -- files ------------------------------------------------------------------------------------------------
     def check_files(self, ident: Identity, refs: list[FileRef]) -> None:
@@ -186,16 +218,21 @@ class _Verifier(Findings):
             self.check_vectors(ident, ref, path)
 
     def check_vectors(self, ident: Identity, ref: FileRef, path: Path) -> None:
+        """(deep) Every vector finite (read in place from the mapped pages), norms and losses finite, v=full rows of
+        unit length."""
+        from dmin.kernels.dot import count_nonfinite_rows  # numba: only a deep check loads it
+
+        fast = plain_values(path, "vec")
         try:
-            table = pq.read_table(path, columns=["vec", "norm", "loss"])
+            table = pq.read_table(path, columns=["norm", "loss"] if fast else ["vec", "norm", "loss"])
         except (OSError, pa.ArrowException) as exc:
             self.defect("parquet", ref.path, f"unreadable Parquet: {exc}")
             return
-        dim = table.schema.field("vec").type.list_size
-        vecs = vec_values(table.column("vec")).reshape(-1, dim).astype(np.float32)
+        flat, dim = fast or (vec_values(table.column("vec")), table.schema.field("vec").type.list_size)
+        vecs = flat.reshape(-1, dim)
         self.checked["vectors"] += len(vecs)
-        if not np.isfinite(vecs).all():
-            bad = int((~np.isfinite(vecs).all(axis=1)).sum())
+        bad = count_nonfinite_rows(vecs)
+        if bad:
             self.defect("finite", ref.path, f"{bad} vector(s) hold NaN or infinity")
             return
         for col in ("norm", "loss"):
@@ -210,67 +247,80 @@ class _Verifier(Findings):
                 self.defect("norm", ref.path, f"v=full rows must be unit vectors; the worst norm is off by {worst:.3g}")
 
     # -- completeness ---------------------------------------------------------------------------------------
-    def check_grads_complete(self, project: Project, ident: Identity, live: list[FileRef]) -> None:
-        """Every stored v holds all K timesteps of every live sample, once; forgotten rows do not count."""
-        liveness = project.liveness()
-        samples: set[str] = set()
-        for ref in live:
-            if ref.table == "samples" and (self.root / ref.path).is_file():
-                with contextlib.suppress(OSError, pa.ArrowException, KeyError):  # reported by check_file
-                    ids = pq.read_table(self.root / ref.path, columns=["sample_id"]).column("sample_id").to_pylist()
-                    samples.update(set(ids) - liveness.dead(ref))
+    def check_complete(self, project: Project, ident: Identity) -> None:
+        """Every stored v holds K rows of every live sample, counted from the manifest's row counts minus the rows of
+        forgotten samples (read only from files committed before a tombstone and not compacted since); `--deep`
+        checks it key by key (`check_keys`)."""
         K = ident.K
+        samples = len(project.sample_keys())
         for v in ident.vs:
-            counts: Counter[str] = Counter()
-            dup = 0
-            for ref in live:
-                if ref.table != "grads" or ref.v != v or not (self.root / ref.path).is_file():
-                    continue
+            rows = 0
+            for ref in project.live_files("grads", v):
+                if not (self.root / ref.path).is_file():
+                    continue  # reported by check_file
+                dead = project.dead_rows(ref)
+                rows += ref.rows - (int(dead.sum()) if dead is not None else 0)
+            self.checked[f"samples_v={v}"] = rows // max(1, K)
+            if rows < K * samples:
+                self.defect(
+                    "complete",
+                    paths.grads_dir(v),
+                    f"{K * samples - rows} row(s) missing at v={v}: {rows} live rows where {samples} live sample(s) "
+                    f"× K={K} = {K * samples} are expected (`dmin compress --v {v}` derives what a stored v lacks; "
+                    f"`verify --deep` names the samples)",
+                )
+            elif rows > K * samples:
+                self.defect(
+                    "complete",
+                    paths.grads_dir(v),
+                    f"{rows - K * samples} row(s) too many at v={v}: {rows} live rows where {samples} live sample(s) "
+                    f"× K={K} = {K * samples} are expected (duplicates or rows of no sample: `verify --deep` names "
+                    f"them)",
+                )
+
+    def check_keys(self, project: Project, ident: Identity) -> None:
+        """(deep) Key by key: each grads file's rows come K at a time (t_idx 0..K-1, one sample), no sample has rows
+        in two files, and the samples at each v are exactly the live samples."""
+        K = ident.K
+        live = project.sample_keys()
+        for v in ident.vs:
+            seen = KeySet()
+            for ref in project.live_files("grads", v):
                 try:
                     t = pq.read_table(self.root / ref.path, columns=["sample_id", "t_idx"])
                 except (OSError, pa.ArrowException, KeyError):
-                    continue
-                dead = liveness.dead(ref)
-                pairs = Counter(
-                    (s, k)
-                    for s, k in zip(t.column("sample_id").to_pylist(), t.column("t_idx").to_pylist(), strict=True)
-                    if s not in dead
-                )
-                dup += sum(c - 1 for c in pairs.values() if c > 1)
-                for (sid, _), c in pairs.items():
-                    counts[sid] += c
-                seen_before = [p for p in pairs if p in self._pairs_seen.setdefault(v, set())]
-                if seen_before:
+                    continue  # reported by check_file
+                dead = project.dead_rows(ref)
+                if dead is not None:
+                    t = t.filter(pa.array(~dead))
+                ids, t_idx = t.column("sample_id").combine_chunks(), t.column("t_idx").to_numpy()
+                firsts = ids.take(pa.array(np.arange(0, len(ids), K))) if len(ids) else ids
+                grouped = len(ids) % K == 0 and bool((t_idx == np.tile(np.arange(K), len(ids) // K)).all())
+                if grouped and K > 1:
+                    spread = firsts.take(pa.array(np.repeat(np.arange(len(firsts)), K)))
+                    grouped = bool(pc.all(pc.equal(ids, spread)).as_py())
+                if not grouped:
                     self.defect(
-                        "duplicates",
-                        ref.path,
-                        f"{len(seen_before)} (sample_id, t_idx) row(s) also committed in another file",
+                        "complete", ref.path, f"rows do not come K={K} at a time (t_idx 0..{K - 1} of one sample)"
                     )
-                self._pairs_seen[v].update(pairs)
-            if dup:
-                self.defect("duplicates", paths.grads_dir(v), f"{dup} duplicate (sample_id, t_idx) row(s)")
-            partial = [sid for sid, c in counts.items() if c < K]
-            if partial:
+                    continue
+                again = seen.contains(firsts)
+                if again.any() or len(KeySet.of(firsts)) < len(firsts):
+                    self.defect("duplicates", ref.path, "sample(s) with rows in another file or twice in this one")
+                seen.add(firsts)
+                missing_live = ~live.contains(firsts)
+                if missing_live.any():
+                    self.defect(
+                        "complete",
+                        ref.path,
+                        f"{int(missing_live.sum())} gradient sample_id(s) are not in samples "
+                        f"(e.g. {firsts[int(np.flatnonzero(missing_live)[0])].as_py()})",
+                    )
+            if len(seen) < len(live):
                 self.defect(
-                    "complete",
-                    paths.grads_dir(v),
-                    f"{len(partial)} sample(s) lack some of the K={K} timesteps (e.g. {partial[0]})",
+                    "complete", paths.grads_dir(v), f"{len(live) - len(seen)} live sample(s) have no rows at v={v}"
                 )
-            missing = samples - set(counts)
-            if missing:
-                self.defect(
-                    "complete",
-                    paths.grads_dir(v),
-                    f"{len(missing)} committed sample(s) have no gradients at v={v} (e.g. {sorted(missing)[0]})",
-                )
-            stray = set(counts) - samples
-            if stray:
-                self.defect(
-                    "complete",
-                    paths.grads_dir(v),
-                    f"{len(stray)} gradient sample_id(s) are not in samples (e.g. {sorted(stray)[0]})",
-                )
-            self.checked[f"samples_v={v}"] = len(counts)
+            self.checked["key_checks"] += 1
 
     def check_forgotten(self, project: Project) -> None:
         """A warning while forgotten samples' bytes are still on disk: rows in live files, or superseded files not
@@ -278,22 +328,26 @@ class _Verifier(Findings):
         liveness = project.liveness()
         if not liveness.tombstones:
             return
-        held: set[str] = set()
-        for ref in project.live_files("samples"):
-            held |= project.ids_in(ref) & liveness.dead(ref)
-        left = {p for e in project.entries() for p in e.supersedes if (self.root / p).is_file()}
+        held = sum(
+            int(dead.sum()) for ref in project.live_files("samples") if (dead := project.dead_rows(ref)) is not None
+        )
+        left = [p for p in project.state().superseded if (self.root / p).is_file()]
         self.checked["forgotten"] = len(liveness.forgotten)
         if held or left:
             self.warn(
                 "forgotten",
                 paths.TOMBSTONES,
-                f"{len(held)} forgotten sample(s) still have rows in live files and {len(left)} superseded file(s) "
+                f"{held} forgotten sample(s) still have rows in live files and {len(left)} superseded file(s) "
                 f"remain on disk; `dmin compact` erases them",
             )
 
     # -- deep ---------------------------------------------------------------------------------------------------
     def check_folds(self, project: Project, ident: Identity, live: list[FileRef]) -> None:
         """Sampled rows of each derived v must equal the fold (or compression) of a larger stored v."""
+        import torch
+
+        from dmin.compress import Compressor, fold
+
         by_v: dict[str, dict[tuple[str, int], np.ndarray]] = {}
         first: dict[str, FileRef] = {}
         for ref in live:
@@ -355,7 +409,7 @@ class _Verifier(Findings):
                 return vec_values(t.column("vec")).reshape(-1, dim)[0].astype(np.float32)
         return None
 
-    def check_orphans(self, entries: list[Entry]) -> None:
+    def check_orphans(self, project: Project, entries: list[Entry]) -> None:
         named = {f.path for e in entries for f in e.files}
         for top in paths.DATA_DIRS:
             folder = self.root / top

@@ -16,7 +16,20 @@ import typer
 
 from dmin.errors import DminError, UsageError
 from dmin_cli import quiet, render
-from dmin_cli.commands import collect, compact, compress, demo, forget, index, info, query, roots, sql, verify
+from dmin_cli.commands import (
+    collect,
+    compact,
+    compress,
+    demo,
+    forget,
+    index,
+    info,
+    merge,
+    query,
+    roots,
+    sql,
+    verify,
+)
 
 try:  # typer ≥ 0.22 vendors click; earlier releases use click itself
     from typer._click import exceptions as click_exceptions
@@ -41,6 +54,7 @@ app.command("verify", epilog=verify.EXAMPLES)(verify.verify_cmd)
 app.command("info", epilog=info.EXAMPLES)(info.info_cmd)
 app.command("forget", epilog=forget.EXAMPLES)(forget.forget_cmd)
 app.command("compact", epilog=compact.EXAMPLES)(compact.compact_cmd)
+app.command("merge", epilog=merge.EXAMPLES)(merge.merge_cmd)
 app.command("roots", epilog=roots.EXAMPLES)(roots.roots_cmd)
 app.command("demo", epilog=demo.EXAMPLES)(demo.demo_cmd)
 

@@ -36,6 +36,12 @@ def warn(text: str, quiet: bool = False) -> None:
         err.print(f"[yellow]warning:[/yellow] {text}", highlight=False)
 
 
+def write_bytes(data: bytes) -> None:
+    """Binary output (a PNG for `--sheet -`) to stdout, nothing else with it."""
+    sys.stdout.buffer.write(data)
+    sys.stdout.flush()
+
+
 def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,9 @@ from dmin_cli.app import app, error_line
 
 REPO = Path(__file__).resolve().parents[1]
 DMIN = [sys.executable, "-m", "dmin_cli"]
-COMMANDS = ["collect", "compact", "compress", "demo", "forget", "index", "info", "query", "roots", "sql", "verify"]
+COMMANDS = [
+    "collect", "compact", "compress", "demo", "forget", "index", "info", "merge", "query", "roots", "sql", "verify"
+]
 
 
 def test_every_command_has_help_with_examples_and_is_in_the_readme() -> None:
@@ -67,5 +70,6 @@ def test_version_and_completion_answer_without_loading_torch() -> None:
     env.update(COMP_WORDS="dmin co", COMP_CWORD="1")
     completed = subprocess.run(DMIN, capture_output=True, text=True, env=env).stdout.split()
     assert completed == ["collect", "compress", "compact"]
-    script = subprocess.run([*DMIN, "--show-completion", "bash"], capture_output=True, text=True).stdout
-    assert "_DMIN_COMPLETE=complete_bash" in script
+    # typer detects the shell from the process tree: run it under bash, as a user would, whatever runs the tests
+    shell = subprocess.run(["bash", "-c", shlex.join([*DMIN, "--show-completion"]) + "; true"], capture_output=True)
+    assert "_DMIN_COMPLETE=complete_bash" in shell.stdout.decode(), shell.stderr

@@ -205,6 +205,25 @@ def test_broken_images_become_failures(models: dict[str, Path], tmp_path: Path) 
     assert "unreadable image" in reasons and "escapes the data folder" in reasons
     r = _collect_cli(tmp_path / "strict", models["ddpm"], d, "--strict")
     assert r.returncode == 1 and "unreadable image" in r.stderr
+    assert not (tmp_path / "strict").exists()  # no half-made project: the strict run committed nothing
+
+
+def test_a_collect_where_every_sample_fails_exits_1_and_leaves_no_project(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    d = tiny.digits_folder(tmp_path / "d", count=3)
+    for png in d.glob("*.png"):
+        png.write_bytes(b"not a png")
+    r = _collect_cli(tmp_path / "p", models["ddpm"], d)
+    assert r.returncode == 1 and "none of the 3 sample(s) could be collected: 3 failed" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "p").exists()
+    good = tiny.digits_folder(tmp_path / "good", count=2)
+    assert _collect_cli(tmp_path / "q", models["ddpm"], good).returncode == 0
+    again = _collect_cli(tmp_path / "q", models["ddpm"], d)  # an existing project keeps its samples and the record
+    assert again.returncode == 1 and "3 failed" in again.stderr
+    project = Project.open(tmp_path / "q")
+    assert len(project.sample_ids()) == 2 and len(project.read_table("failures") or []) == 3
+    assert _collect_cli(tmp_path / "q", models["ddpm"], good).returncode == 0  # a rerun: all skipped, exit 0
 
 
 def test_clear_errors_before_any_work(models: dict[str, Path], data: Path, tmp_path: Path) -> None:

@@ -111,7 +111,7 @@ CASES = {
     "query --exact --knn": Case("query proj --image data/0001.png --exact --knn", 2, r"just one of", r"--exact or"),
     "query --k 0": Case("query proj --image data/0001.png --label 1 --k 0", 2, r"'--k'", r"greater than or equal"),
     "query --sheet a directory": Case(
-        "query proj --image data/0001.png --label 1 --sheet data", 2, r"'--sheet'.* is a directory", r"--help"
+        "query proj --image data/0001.png --label 1 --sheet data", 2, r"--sheet data: is a directory", r"a file name"
     ),
     "query --v 1000": Case(
         "query proj --image data/0001.png --label 1 --v 1000", 2, r"--v 1000: v must be a power", r"16, 32"
@@ -145,6 +145,10 @@ CASES = {
     ),
     "compact a negative grace": Case("compact proj --orphan-grace -1", 2, r"--orphan-grace -1", r"seconds ≥ 0"),
     "compact no project": Case("compact nope", 1, r"nope: no such directory", r"dmin collect nope"),
+    "merge no source": Case("merge out", 2, r"Missing argument 'SRC…'", r"--help"),
+    "merge a missing source": Case("merge out nope", 1, r"nope: no such directory", r"dmin collect nope"),
+    "merge a folder that is no project": Case("merge out emptydir", 1, r"emptydir: not a dmin project", r"collect"),
+    "merge into a source": Case("merge proj proj", 2, r"proj: is also a source", r"merge other projects"),
     "roots --from without --to": Case("roots proj --from /x", 2, r"needs both", r"--to NEW"),
     "roots --from an unknown root": Case(
         "roots proj --from /nowhere --to data", 2, r"not a data root of this project", r"see `dmin roots`"

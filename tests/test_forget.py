@@ -21,6 +21,7 @@ from dmin.index import IndexParams, build_index, current_index, knn
 from dmin.score import exact_scores
 from dmin.sql import run_sql
 from dmin.store import Project
+from dmin.store.catalog import connect
 from dmin.store.project import SampleBatch, grads_table
 from dmin.store.schema import QUERIES, RESULTS
 from dmin.verify import verify
@@ -57,7 +58,7 @@ def test_forgotten_samples_are_absent_from_every_reader(small_project: Project) 
         q = stored_vector(p, v, "id00003")
         assert not gone & set(exact_scores(p, v, q).ids)
         idx = current_index(p, v)  # built before the forget: its graph still holds them, searches filter them
-        assert idx is not None and gone <= set(idx.sample_ids)
+        assert idx is not None and gone <= set(idx.sample_ids.to_pylist())
         ids, _, _ = knn(p, idx, q, 20)
         assert len(ids) == 17 and not gone & set(ids)
     add_samples(p, 20, 4)
@@ -77,7 +78,7 @@ def test_forgotten_samples_are_absent_from_every_reader(small_project: Project) 
 
     # the suppression list: the same samples offered again are skipped, unless asked for on purpose
     again = _batch(p, ["id00003", "id00020"], seed=5)
-    assert p.skip_ids() >= gone and p.commit_samples(again) is None
+    assert p.committed(sorted(gone)).all() and p.commit_samples(again) is None
     entry = p.commit_samples(again, include_forgotten=True)
     assert entry is not None and entry.meta["samples"] == 1  # id00020 is live already
     assert "id00003" in p.sample_ids() and p.forgotten() == {"id00007", "id00011"}
@@ -135,9 +136,9 @@ def test_compact_leaves_no_byte_of_a_forgotten_sample(tmp_path: Path) -> None:
     add_samples(p, 20, 5)
     derive_v(p, 64)
     for v in ("256", "64"):
-        build_index(p, v, IndexParams())
+        build_index(p, v, IndexParams(graph_v=64))  # the v=64 graph holds the stored v=64 vectors themselves
     _commit_results_naming(p, secret_id)
-    build_index(p, "64", IndexParams(), rebuild=True)  # an older build on disk, superseded
+    build_index(p, "64", IndexParams(graph_v=64), rebuild=True)  # an older build on disk, superseded
     vec = {v: stored_vector(p, v, secret_id) for v in ("256", "64")}
     needles = {
         "source": b"opt-out/private-7f3a9c.png",
@@ -159,7 +160,7 @@ def test_compact_leaves_no_byte_of_a_forgotten_sample(tmp_path: Path) -> None:
     assert any(f.startswith("index/") for f in found["vector v=64"])  # the graph holds the vector too
 
     report = compact(p, orphan_grace=0)
-    assert report.seq is not None and sorted(report.indexes_rebuilt) == ["256", "64"]
+    assert report.seq is not None and sorted(report.indexes_erased) == ["256", "64"]
     assert report.rows_dropped == {"samples": 1, "grads v=256": 2, "grads v=64": 2, "results": 1}
     assert holders(p.root, needles) == {name: [] for name in needles}
     id_holders = holders(p.root, {"id": secret_id.encode()})["id"]
@@ -254,7 +255,7 @@ def test_forget_selectors(small_project: Project) -> None:
     sel = select(p, sample_ids=[ahead])
     assert sel.samples == [] and sel.not_committed == [ahead]
     forget(p, sel)
-    assert ahead in p.forgotten() and ahead in p.skip_ids()
+    assert ahead in p.forgotten() and p.committed([ahead])[0] and not p.committed([ahead], include_forgotten=True)[0]
     assert select(p, sample_ids=[ahead]).already == [ahead] and forget(p, select(p, sample_ids=[ahead])) is None
 
 
@@ -288,3 +289,21 @@ def test_tables_without_sample_rows_read_whole_after_a_forget(small_project: Pro
     assert queries is not None and queries.column("query_id").to_pylist() == ["q1"]
     results = small_project.read_table("results", columns=["rank"])
     assert results is not None and results.column("rank").to_pylist() == [2]  # the forgotten one's row is hidden
+
+
+def test_no_name_sql_can_reach_holds_a_forgotten_row(small_project: Project) -> None:
+    """Every relation a statement can name — the views, the datasets behind them, DuckDB's own listings — lacks the
+    forgotten sample's id and source, through `dmin sql` and through `dmin.connect` alike."""
+    p = small_project
+    _commit_results_naming(p, "id00004")
+    forget(p, select(p, source="img4.png"))
+    con = connect(p)
+    names = {r[0] for r in con.sql("SHOW TABLES").fetchall()}
+    names |= {r[0] for r in con.sql("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
+    names |= {r[0] for r in con.sql("SELECT table_name FROM duckdb_tables()").fetchall()}
+    assert {"samples", "results", "grads_256", "forgotten"} <= names and any(n.startswith("__") for n in names)
+    for name in sorted(names - {"forgotten"}):
+        for table in (con.sql(f'SELECT * FROM "{name}"').to_arrow_table(), run_sql(p, f'SELECT * FROM "{name}"')):
+            cells = {c for col in table.columns if pa.types.is_string(col.type) for c in col.to_pylist()}
+            assert "id00004" not in cells and "img4.png" not in cells, name
+    assert con.sql("SELECT sample_id FROM forgotten").fetchall() == [("id00004",)]

@@ -31,9 +31,9 @@ def test_the_old_layout_reads_and_its_incomplete_v_is_repaired(tmp_path: Path) -
     p = legacy(tmp_path)
     assert p.identity.vs == ("256", "64") and len(p.sample_ids()) == 15
     gap = [f for f in verify(p.root).findings if f.check == "complete"]
-    assert [(f.file, f.message.split(" (")[0]) for f in gap] == [
-        ("grads/v=64", "3 committed sample(s) have no gradients at v=64")
-    ]
+    assert [(f.file, f.message.split(":")[0]) for f in gap] == [("grads/v=64", "6 row(s) missing at v=64")]
+    deep = [f for f in verify(p.root, deep=True).findings if f.check == "complete"]
+    assert ("grads/v=64", "3 live sample(s) have no rows at v=64") in [(f.file, f.message) for f in deep]
     entry = derive_v(p, 64)  # compress --v 64 on a stored v: derives only what it lacks (3 samples, 1 query; K=2)
     assert entry is not None and sorted((f.table, f.rows) for f in entry.files) == [("grads", 6), ("query_grads", 2)]
     report = verify(p.root, deep=True)
@@ -57,6 +57,6 @@ def test_forget_and_compact_on_the_old_layout(tmp_path: Path) -> None:
     forget(p, select(p, sample_ids=[], source="img3.png"))
     assert run_sql(p, "SELECT count(*) n FROM results").to_pylist() == [{"n": 0}]
     report = compact(p, orphan_grace=0)
-    assert report.indexes_rebuilt == ["64"] and report.rows_dropped["results"] == 1
+    assert report.indexes_erased == ["64"] and report.rows_dropped["results"] == 1
     assert not any(f.name.startswith("part-000000001") for f in (p.root / "samples").iterdir())  # rewritten
     assert verify(p.root, deep=True).healthy and "id00003" not in Project.open(p.root).sample_ids()

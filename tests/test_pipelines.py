@@ -387,8 +387,11 @@ def test_compute_dtype_is_part_of_the_identity(models: dict[str, Path], data: di
     assert collect(tmp_path / "p", setup, data[16], limit=1).done == 1
     _, again = open_for_query(tmp_path / "p")  # the project's dtype by default
     assert again.identity.compute_dtype == "bfloat16"
-    with pytest.raises(IdentityMismatch, match="compute_dtype"):
+    with pytest.raises(IdentityMismatch, match="compute_dtype") as err:
         open_for_query(tmp_path / "p", dtype="float32")
+    assert "pass --dtype bfloat16" in str(err.value)  # the hint names the option that succeeds
+    with pytest.raises(IdentityMismatch, match="--noise-seed 0"):
+        collect(tmp_path / "p", prepare(models["ddpm"], timesteps=1, vs=["64"], dtype="bf16", noise_seed=4), data[16])
 
 
 def test_torchrun_rank_takes_its_local_gpu() -> None:
@@ -444,3 +447,28 @@ def test_hub_ids_resolve_from_the_local_cache_offline(
     lora = run("collect", str(tmp_path / "r"), "--model", str(models["sdxl"]), "--lora", "acme/tiny-lora", *base)
     assert lora.returncode == 0, lora.stderr
     assert Project.open(tmp_path / "r").identity.lora_path == "acme/tiny-lora"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["ddpm", "sd15", "sd21", "sdxl", "sdxl+lora", "sd3", "flux", "dit"])
+def test_half_precision_projects_generate_and_attribute(
+    family: str, models: dict[str, Path], data: dict[int, Path], tmp_path: Path
+) -> None:
+    """The README's GPU recipe on every family: collect in bf16 (and fp16), then `query --seed` generates in the
+    project's compute dtype — frozen weights in half precision, selected ones and the VAE in float32."""
+    from dmin.query import QuerySpec, open_for_query, run_query
+
+    name, _, adapter = family.partition("+")
+    lora = tiny.lora(models[name], tmp_path / "lora") if adapter else None
+    res = FLUX_RES if name == "flux" else None
+    label = 1 if name in ("ddpm", "dit") else None
+    for dtype in ("bf16", "fp16"):
+        setup = prepare(models[name], lora=lora, timesteps=1, vs=["64"], dtype=dtype, resolution=res)
+        project_dir = tmp_path / dtype
+        assert collect(project_dir, setup, data[res or 16], limit=1).done == 1
+        project, qsetup = open_for_query(project_dir)
+        qsetup.family.default_steps = 2
+        spec = QuerySpec(prompt=None if label is not None else "a digit", label=label, seed=3)
+        result = run_query(project, qsetup, spec, k=1)
+        assert result.image_path is not None and Path(result.image_path).is_file()
+        assert len(result.results) == 1 and np.isfinite(result.results[0]["score"])

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dmin.errors import IndexStale, IntegrityError
+from dmin.errors import IndexStale, IntegrityError, UsageError
 from dmin.index import IndexParams, build_index, current_index, knn
 from dmin.score import exact_scores
 from dmin.store import Project
@@ -242,3 +242,80 @@ def test_query_refuses_a_different_model(digits_project: Path, tmp_path: Path) -
     assert r.returncode == 1 and "model_fingerprint" in r.stderr
     both = _query(digits_project, "--image", "x.png", "--exact", "--knn")
     assert both.returncode == 2 and "just one" in both.stderr
+
+
+def odd_images(folder: Path) -> list[str]:
+    """One image per mode `collect` accepts: palette, gray+alpha, 16-bit gray (I;16 and I), CMYK JPEG, RGBA, 1-bit,
+    and an EXIF-rotated JPEG; with a metadata.jsonl labelling them."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    rgb = Image.fromarray((rng.random((20, 24, 3)) * 255).astype(np.uint8), "RGB")
+    wide = Image.fromarray((rng.random((20, 24)) * 65535).astype(np.uint16))
+    images = {
+        "p.png": rgb.convert("P"),
+        "la.png": rgb.convert("LA"),
+        "i16.png": wide,
+        "i32.tiff": wide.convert("I"),
+        "cmyk.jpg": rgb.convert("CMYK"),
+        "rgba.png": rgb.convert("RGBA"),
+        "bit.png": rgb.convert("1"),
+    }
+    for name, img in images.items():
+        img.save(folder / name)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90° when shown
+    rgb.save(folder / "rotated.jpg", exif=exif)
+    names = [*images, "rotated.jpg"]
+    rows = [json.dumps({"file_name": n, "label": i % 10}) + "\n" for i, n in enumerate(names)]
+    (folder / "metadata.jsonl").write_text("".join(rows))
+    return names
+
+
+def test_query_accepts_every_image_collect_accepts(digits_project: Path, tmp_path: Path) -> None:
+    from dmin.collect import collect, prepare
+    from dmin.query import QuerySpec, open_for_query, run_query
+    from dmin.sheet import contact_sheet
+
+    names = odd_images(tmp_path / "odd")
+    setup = prepare(digits_project / "model", timesteps=1, vs=["64"])
+    summary = collect(tmp_path / "p", setup, tmp_path / "odd")
+    assert summary.done == len(names) and summary.failed == 0
+    project, qsetup = open_for_query(tmp_path / "p")
+    for i, name in enumerate(names):
+        res = run_query(project, qsetup, QuerySpec(image=tmp_path / "odd" / name, label=i % 10), k=1, method="exact")
+        assert res.results[0]["source"] == name, name  # each image is its own best match, as collected
+        with Image.open(tmp_path / "odd" / name) as img:
+            assert contact_sheet(project, res, img, tmp_path / f"sheet-{i}.png").is_file()
+
+
+def test_sheet_writes_only_where_named(digits_project: Path, tmp_path: Path) -> None:
+    from dmin.sheet import check_sheet_path
+
+    root = digits_project
+    img = root / "data" / "0005.png"
+    before = img.read_bytes()
+    with pytest.raises(UsageError, match="inside the project"):
+        check_sheet_path(root / "proj", root / "proj" / "samples" / "x.png")
+    with pytest.raises(UsageError, match="no such directory"):
+        check_sheet_path(root / "proj", tmp_path / "no" / "such" / "s.png")
+    with pytest.raises(UsageError, match="is a directory"):
+        check_sheet_path(root / "proj", tmp_path)
+    assert check_sheet_path(root / "proj", img, force=True) == img.resolve()
+    base = ["--image", str(img), "--label", "5", "--k", "2", "--exact"]
+    over = _query(root, *base, "--sheet", str(img))  # a training image: refused before the model loads
+    assert over.returncode == 2 and "exists; pass --force" in over.stderr and img.read_bytes() == before
+    stdout = subprocess.run([*DMIN, "query", str(root / "proj"), *base, "--sheet", "-"], capture_output=True)
+    assert stdout.returncode == 0 and stdout.stdout.startswith(b"\x89PNG")
+    lines = [{"image": str(root / "data" / f"{i:04d}.png"), "label": i % 10} for i in (1, 2)]
+    (tmp_path / "b.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    plain = _query(root, "--queries", str(tmp_path / "b.jsonl"), "--exact", "--sheet", str(tmp_path / "b.png"))
+    assert plain.returncode == 2 and "pattern" in plain.stderr
+    batch = _query(root, "--queries", str(tmp_path / "b.jsonl"), "--exact", "--sheet", str(tmp_path / "b-{i}.png"))
+    assert batch.returncode == 0 and (tmp_path / "b-0.png").is_file() and (tmp_path / "b-1.png").is_file()
+    again = _query(root, "--queries", str(tmp_path / "b.jsonl"), "--exact", "--sheet", str(tmp_path / "b-{i}.png"))
+    assert again.returncode == 2  # both exist: refused before any query runs
+    forced = _query(root, "--queries", str(tmp_path / "b.jsonl"), "--exact", "--sheet", str(tmp_path / "b-{i}.png"),
+                    "--force")
+    assert forced.returncode == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b-0.png", "b-1.png", "b.jsonl"]
+    assert verify(root / "proj", deep=True).healthy  # nothing orphaned inside the project

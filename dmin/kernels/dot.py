@@ -34,3 +34,22 @@ def timestep_dots_rows(vecs: np.ndarray, rows: np.ndarray, query: np.ndarray) ->
     if len(rows):
         _row_dots(vecs, np.ascontiguousarray(rows, dtype=np.int64), np.ascontiguousarray(query, dtype=np.float32), out)
     return out
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _nonfinite_rows(vecs, out):  # pragma: no cover - compiled
+    for i in prange(vecs.shape[0]):
+        bad = 0
+        for j in range(vecs.shape[1]):
+            x = np.float32(vecs[i, j])
+            if x != x or x - x != 0:  # NaN, or ±inf (inf - inf is NaN)
+                bad = 1
+        out[i] = bad
+
+
+def count_nonfinite_rows(vecs: np.ndarray) -> int:
+    """How many rows of a (N, dim) float array (a mapped view, aligned or not) hold NaN or infinity."""
+    out = np.zeros(len(vecs), np.uint8)
+    if len(vecs):
+        _nonfinite_rows(vecs, out)
+    return int(out.sum())

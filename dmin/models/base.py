@@ -8,6 +8,7 @@ addition, not a rewrite. Everything is batched on dim 0: collection stacks B sam
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,10 @@ class Pixels:
 
 
 def image_rule(img: Image.Image, size: int, channels: int) -> Pixels:
-    """Resize the shorter side to `size` (bicubic), centre-crop a square, convert channels, scale to [-1, 1]."""
+    """Resize the shorter side to `size` (bicubic), centre-crop a square, convert channels, scale to [-1, 1].
+    16-bit grayscale (mode I;16 or I, as 16-bit PNGs open) is scaled to 8 bits first; PIL would clip it at 255."""
+    if img.mode.startswith("I"):
+        img = img.point(lambda v: v / 257).convert("L")  # type: ignore[operator, attr-defined]
     img = img.convert("L" if channels == 1 else "RGB")
     w, h = img.size
     scale = size / min(w, h)
@@ -126,6 +130,7 @@ class Family:
         self.device = torch.device("cpu")
         self.resolution = resolution or self.native_resolution()
         self.fingerprint = ""  # set by load_family (models.fingerprint)
+        self.compute_dtype = torch.float32  # set by load_family: frozen weights' dtype (selected ones stay float32)
 
     def _denoiser(self) -> torch.nn.Module:
         raise NotImplementedError
@@ -206,10 +211,13 @@ class Family:
         self, caption: str | None, label: int | None, seed: int, steps: int | None = None,
         on_step: StepCallback | None = None,
     ) -> Image.Image:
-        """Sample an image with the pipeline's own (inference) scheduler; progress goes to `on_step`, never stderr."""
+        """Sample an image with the pipeline's own (inference) scheduler; progress goes to `on_step`, never stderr.
+        In the compute dtype under autocast, as gradients are taken: frozen weights in bfloat16 or float16, selected
+        ones and the VAE in float32 would not multiply otherwise."""
         self.check_label(label)
         quiet_sampling(self.pipe, on_step)
-        with torch.no_grad():
+        mixed = self.compute_dtype != torch.float32
+        with torch.no_grad(), torch.autocast(self.device.type, dtype=self.compute_dtype) if mixed else nullcontext():
             return self._generate(caption, label, torch.Generator("cpu").manual_seed(seed), steps or self.default_steps)
 
     def _generate(self, caption: str | None, label: int | None, gen: torch.Generator, steps: int) -> Image.Image:

@@ -140,6 +140,7 @@ def load_family(model: str | Path, dtype: torch.dtype = torch.float32, resolutio
     freeze(pipe)
     fam = family(pipe, root, resolution)
     fam.fingerprint = model_fingerprint(root, index)
+    fam.compute_dtype = dtype
     return fam
 
 

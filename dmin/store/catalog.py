@@ -16,6 +16,7 @@ import re
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
@@ -49,11 +50,13 @@ def _view(
     con: duckdb.DuckDBPyConnection, project: Project, name: str, table: str, v: str | None, empty: pa.Schema
 ) -> None:
     """One view over the live files of a table: files grouped by the set of forgotten sample_ids their rows must
-    lose (empty for files committed after every tombstone), each group one Arrow dataset."""
+    lose (empty for files committed after every tombstone), each group one Arrow dataset filtered at registration.
+    The datasets are named too (DuckDB lists them), so each one is filtered itself: no name a statement can reach
+    holds a forgotten sample's row."""
     refs = project.live_files(table, v)
     if not refs:
-        con.register(f"__empty_{name}", empty.empty_table())
-        con.execute(f'CREATE OR REPLACE VIEW "{name}" AS SELECT * FROM "__empty_{name}"')
+        con.register(f"__{name}_empty", empty.empty_table())
+        con.execute(f'CREATE OR REPLACE VIEW "{name}" AS SELECT * FROM "__{name}_empty"')
         return
     liveness = project.liveness()
     groups: dict[frozenset[str], list[str]] = {}
@@ -65,12 +68,11 @@ def _view(
         schema = empty
     parts = []
     for i, (dead, files) in enumerate(groups.items()):
-        con.register(f"__{name}_{i}", pads.dataset(files, schema=schema, format="parquet"))
-        select = f'SELECT * FROM "__{name}_{i}"'
+        data = pads.dataset(files, schema=schema, format="parquet")
         if dead and "sample_id" in schema.names:
-            con.register(f"__{name}_{i}_forgotten", pa.table({"sample_id": sorted(dead)}))
-            select += f' WHERE sample_id NOT IN (SELECT sample_id FROM "__{name}_{i}_forgotten")'
-        parts.append(select)
+            data = data.filter(~pc.field("sample_id").isin(pa.array(sorted(dead), pa.string())))
+        con.register(f"__{name}_{i}", data)
+        parts.append(f'SELECT * FROM "__{name}_{i}"')
     con.execute(f'CREATE OR REPLACE VIEW "{name}" AS ' + " UNION ALL ".join(parts))
 
 
@@ -88,8 +90,7 @@ def connect(project: Project) -> duckdb.DuckDBPyConnection:
         _view(
             con, project, f"query_grads_{paths.v_name(v)}", "query_grads", v, grads_schema(dim, ident.dtype, "query_id")
         )
-    con.register("__forgotten", pa.table({"sample_id": pa.array(sorted(project.forgotten()), pa.string())}))
-    con.execute('CREATE OR REPLACE VIEW "forgotten" AS SELECT * FROM "__forgotten"')
+    con.register("forgotten", pa.table({"sample_id": pa.array(sorted(project.forgotten()), pa.string())}))
     for setting in (
         "SET temp_directory = ''",
         "SET autoinstall_known_extensions = false",

@@ -123,13 +123,36 @@ class Identity:
         ]
         if diff:
             legacy = self.schedule is None and requested.schedule is not None
-            fix = (
-                "The project was written by dmin 0.1, whose gradients used the pipeline's own scheduler and whose "
-                "fingerprint covered every file; collect into a new project directory"
-                if legacy
-                else "Use a new project directory for a different model or settings"
-            )
+            if legacy:
+                fix = (
+                    "The project was written by dmin 0.1, whose gradients used the pipeline's own scheduler and whose "
+                    "fingerprint covered every file; collect into a new project directory"
+                )
+            else:
+                hints = dict.fromkeys(
+                    h for k in sorted(set(mine) | set(theirs)) if mine.get(k) != theirs.get(k) and (h := self._fix(k))
+                )
+                fix = "To match the project, " + "; ".join(hints) + "; or use a new project directory for this setup"
             raise IdentityMismatch("the project was built with a different setup — " + "; ".join(diff) + ". " + fix)
+
+    def _fix(self, name: str) -> str:
+        """The option that makes a run agree with this project on field `name`."""
+        model = f"--model {self.model_path}" if self.model_path else "the project's --model"
+        lora = f"--lora {self.lora_path}" if self.lora_path else "no --lora"
+        steps = ", ".join(f"{t:g}" for t in self.timesteps)
+        fixes = {
+            "compute_dtype": f"pass --dtype {self.compute_dtype} (or leave --dtype out: queries use the project's)",
+            "dtype": f"pass --storage-dtype {self.dtype}",
+            "adapter_fingerprint": f"pass {lora} (the adapter the project was collected with)",
+            "param_filter": f"pass --params {self.param_filter}" if self.param_filter else "leave --params out",
+            "timesteps": f"pass --timestep-list {steps} (or --timesteps {self.K})",
+            "t_indices": f"pass --timesteps {self.K}",
+            "collect_vs": "pass " + " ".join(f"--v {v}" for v in self.collect_vs),
+            "noise_seed": f"pass --noise-seed {self.noise_seed}",
+            "compress_seed": f"pass --compress-seed {self.compress_seed}",
+            "latent_shape": f"leave --resolution out or pass the project's (latent shape {list(self.latent_shape)})",
+        }
+        return fixes.get(name, f"pass {model} (the model the project was collected with)")
 
 
 def _short(value: Any) -> str:

@@ -12,7 +12,7 @@ import errno
 import json
 import os
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,12 @@ class Entry:
     supersedes: tuple[str, ...] = ()
     row_ids: tuple[int, int] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    checksum: str = ""  # of the entry as published (set by `sealed` and `parse_entry`)
+
+    def sealed(self) -> Entry:
+        """The entry with its checksum set, as `to_json` publishes it."""
+        body = _entry_body(self)
+        return replace(self, checksum=xxhash.xxh3_128_hexdigest(json.dumps(body, sort_keys=True).encode()))
 
     def to_json(self) -> str:
         body = _entry_body(self)
@@ -91,6 +97,7 @@ def parse_entry(text: str, where: str) -> Entry:
             supersedes=tuple(raw.get("supersedes", ())),
             row_ids=row_ids,  # type: ignore[arg-type]
             meta=raw.get("meta", {}),
+            checksum=checksum,
         )
     except IntegrityError:
         raise

@@ -6,6 +6,7 @@ import re
 
 IDENTITY = "dmin.json"
 MANIFEST = "manifest"
+CHECKPOINTS = "manifest/checkpoints"  # the manifest's sum every CHECKPOINT_EVERY entries (`store.state`)
 TMP_PREFIX = ".tmp-"
 TABLES = ("samples", "queries", "results", "failures")
 TOMBSTONES = "tombstones"

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dmin.errors import IntegrityError, ProjectError
@@ -34,9 +35,11 @@ from dmin.store import manifest, paths
 from dmin.store.atomic import file_checksum, write_parquet_atomic
 from dmin.store.derived import complete
 from dmin.store.identity import Identity
+from dmin.store.keys import KeySet
 from dmin.store.liveness import Liveness
 from dmin.store.manifest import Entry, FileRef, parse_entry
 from dmin.store.schema import SAMPLES_BASE, grads_schema, vec_type
+from dmin.store.state import Live, State, checkpoint_name
 
 MAX_ATTEMPTS = 1000  # re-plans before a writer gives up (each one means another commit landed first)
 SAMPLE_KEYED = ("samples", "grads", "results")  # tables whose rows name a training sample (forgettable)
@@ -109,6 +112,19 @@ class Stage:
     def has(self, key: Hashable) -> bool:
         return key in self._files
 
+    def name(self) -> str:
+        """A file name no other writer uses, for a file the caller places itself (then `record`s)."""
+        self._count += 1
+        return paths.part_name(self.token, self._count - 1)
+
+    def record(self, key: Hashable, ref: FileRef) -> FileRef:
+        """A file the caller placed under a `name` with its manifest record known (a file linked from another
+        project keeps its size, rows and xxh3)."""
+        return self._files.setdefault(key, ref)
+
+    def get(self, key: Hashable) -> FileRef:
+        return self._files[key]
+
     def vanished(self) -> bool:
         """Forget staged files that are gone (swept by a concurrent `compact --orphan-grace 0`); True if any were."""
         gone = [k for k, ref in self._files.items() if not (self.root / ref.path).is_file()]
@@ -128,20 +144,24 @@ def now_utc() -> datetime:
 
 
 class Project:
-    """A gradient database on disk. Cheap to open; reads only what it is asked for."""
+    """A gradient database on disk. Cheap to open: the newest checkpoint and the entries after it (`store.state`);
+    reads only what it is asked for, and keeps what it read (mappings, keys) for later calls."""
 
     def __init__(self, root: Path, identity: Identity) -> None:
         self.root = root
         self._base = identity  # as dmin.json holds it; `identity` adds the v's derived later
         self.identity = identity
         self._identity_hash = identity.hash()
-        self._entry_cache: dict[str, Entry] = {}
-        self._pinned: list[Entry] | None = None
+        self._state: State | None = None
+        self._pinned: State | None = None
         self._verified: set[str] = set()
         self._ids_of_file: dict[str, frozenset[str]] = {}
-        self._liveness: tuple[int, Liveness] | None = None
-        self._live: tuple[int, set[str]] | None = None
+        self._liveness: tuple[tuple[str, ...], Liveness] | None = None
+        self._keys: tuple[int, KeySet] | None = None
+        self._maintaining = False
         self.blocks: dict[str, Any] = {}  # committed path -> vectors.VectorBlock, filled by vectors.iter_blocks
+        self._footers: dict[str, pq.ParquetFile] = {}  # samples files opened by `samples_by_row`
+        self.indexes: dict[str, Any] = {}  # v -> index.LoadedIndex, the current build with its graph once loaded
 
     # ---- opening -------------------------------------------------------------------------------------------
     @staticmethod
@@ -172,7 +192,7 @@ class Project:
             identity.check_matches(expect)
         project = cls(root, identity)
         with contextlib.suppress(IntegrityError):  # a damaged manifest is reported by whichever reader needs it
-            project.entries()  # identity.vs then includes the v's derived since dmin.json was written
+            project.state()  # identity.vs then includes the v's derived since dmin.json was written
         return project
 
     @classmethod
@@ -195,38 +215,79 @@ class Project:
     def manifest_names(self) -> list[str]:
         return manifest.entry_names(self.root)
 
+    def read_entry(self, seq: int) -> Entry:
+        """Entry `seq`, checked (checksum, number, identity); IntegrityError names it when anything is off."""
+        where = paths.manifest_name(seq)
+        try:
+            text = (self.root / where).read_text(errors="replace")
+        except FileNotFoundError as exc:
+            raise IntegrityError(f"{where}: manifest entry missing (sequence gap); run `dmin verify`") from exc
+        entry = parse_entry(text, where)
+        if entry.seq != seq:
+            raise IntegrityError(f"{where}: holds entry {entry.seq} (renamed); run `dmin verify`")
+        if entry.identity_hash != self._identity_hash:
+            raise IntegrityError(
+                f"{where}: written under a different identity than dmin.json (dmin.json replaced, or files from "
+                f"another project); run `dmin verify`"
+            )
+        return entry
+
     def entries(self) -> list[Entry]:
-        """Every committed entry in commit order (inside a commit's plan: the snapshot it plans against);
-        IntegrityError when one is damaged (run `dmin verify`)."""
+        """Every committed entry in commit order, read from disk (the whole history: `verify --deep` and tools;
+        readers use `state()`, which sums them)."""
+        names = self.manifest_names()
+        _check_names(names)
+        return [self.read_entry(seq) for seq in range(1, len(names) + 1)]
+
+    def state(self) -> State:
+        """What the manifest adds up to (inside a commit's plan: the snapshot it plans against). The first call reads
+        the newest valid checkpoint and the entries after it; later calls fold in only entries published since.
+        IntegrityError when an entry is damaged (run `dmin verify`)."""
         if self._pinned is not None:
             return self._pinned
-        out = []
-        for expected_seq, name in enumerate(self.manifest_names(), 1):
-            where = f"{paths.MANIFEST}/{name}"
-            entry = self._entry_cache.get(name)
-            if entry is None:
-                entry = parse_entry((self.root / where).read_text(errors="replace"), where)
-                if entry.seq != expected_seq or name != paths.manifest_name(entry.seq).split("/")[1]:
-                    raise IntegrityError(
-                        f"{paths.manifest_name(expected_seq)}: manifest entry missing or renamed "
-                        f"(sequence gap); run `dmin verify`"
-                    )
-                if entry.identity_hash != self._identity_hash:
-                    raise IntegrityError(
-                        f"{where}: written under a different identity than dmin.json (dmin.json "
-                        f"replaced, or files from another project); run `dmin verify`"
-                    )
-                self._entry_cache[name] = entry
-            out.append(entry)
-        derived = tuple(e.meta["v"] for e in out if e.kind == "derive" and e.meta.get("v") not in self._base.vs)
-        vs = tuple(dict.fromkeys((*self._base.vs, *derived)))
+        if self._state is None:
+            names = self.manifest_names()
+            _check_names(names)
+            state = self.checkpoint(len(names)) or State()
+            self._fold(state, len(names))
+            self._state = state
+        else:
+            seq = self._state.seq
+            while (self.root / paths.manifest_name(seq + 1)).is_file():
+                seq += 1
+            self._fold(self._state, seq)
+        derived = tuple(v for v in self._state.derived_vs if v not in self._base.vs)
+        vs = (*self._base.vs, *derived)
         if vs != self.identity.vs:
             self.identity = replace(self._base, vs=vs)
-        return out
+        return self._state
 
-    def entry_of(self, path: str) -> Entry:
-        """The entry that names a committed file."""
-        return self.entries()[self.liveness().seq_of[path] - 1]
+    def _fold(self, state: State, upto: int) -> None:
+        for seq in range(state.seq + 1, upto + 1):
+            state.apply(self.read_entry(seq))
+
+    def checkpoint(self, newest: int) -> State | None:
+        """The newest checkpoint at or before entry `newest` that agrees with its entry; None when there is none
+        (readers then fold every entry: a damaged checkpoint costs time, never correctness)."""
+        folder = self.root / paths.CHECKPOINTS
+        if not folder.is_dir():
+            return None
+        for name in sorted((p.name for p in folder.glob("*.json")), reverse=True):
+            seq = int(name.split(".")[0]) if name.split(".")[0].isdigit() else 0
+            if not 0 < seq <= newest:
+                continue
+            where = checkpoint_name(seq)
+            try:
+                state = State.from_json((self.root / where).read_text(errors="replace"), where, self._identity_hash)
+                if state.seq == seq and state.checksum == self.read_entry(seq).checksum:
+                    return state
+            except (IntegrityError, OSError):
+                continue
+        return None
+
+    def live(self, path: str) -> Live:
+        """A live committed file with its entry's seq, time, data root or build."""
+        return self.state().files[path]
 
     def checked(self, ref: FileRef) -> Path:
         """The path of a committed file after checking its size and xxh3 against the manifest (once per process):
@@ -243,92 +304,146 @@ class Project:
         return path
 
     def live_files(self, table: str, v: str | None = None) -> list[FileRef]:
-        """Committed files of a table (and v), minus those a later entry superseded."""
-        entries = self.entries()
-        gone = {p for e in entries for p in e.supersedes}
-        return [
-            f for e in entries for f in e.files if f.table == table and (v is None or f.v == v) and f.path not in gone
-        ]
+        """Committed files of a table (and v), minus those a later entry superseded, in commit order."""
+        return [live.ref for live in self.state().live_files(table, v)]
 
     # ---- forgotten samples and data roots ----------------------------------------------------------------------
     def liveness(self) -> Liveness:
         """Which rows of which committed file are forgotten (`store.liveness`)."""
-        entries = self.entries()
-        if self._liveness is None or self._liveness[0] != len(entries):
-            self._liveness = (len(entries), Liveness.of(entries, self.ids_in))
+        state = self.state()
+        tombs = tuple(live.ref.path for live in state.live_files("tombstones"))
+        if self._liveness is None or self._liveness[0] != tombs:
+            self._liveness = (tombs, Liveness.of(state, self.ids_in))
         return self._liveness[1]
 
     def ids_in(self, ref: FileRef) -> frozenset[str]:
-        """The sample_ids a samples or tombstones file holds (read once per process)."""
+        """The sample_ids a (small) file holds, e.g. a tombstone (read once per process)."""
         ids = self._ids_of_file.get(ref.path)
         if ids is None:
             col = pq.read_table(self.checked(ref), columns=["sample_id"]).column("sample_id")
             ids = self._ids_of_file[ref.path] = frozenset(col.to_pylist())
         return ids
 
+    def dead_rows(self, ref: FileRef) -> np.ndarray | None:
+        """Which rows of a committed sample-keyed file are forgotten (a bool mask), None when none can be."""
+        dead = self.liveness().dead(ref)
+        if not dead:
+            return None
+        ids = pq.read_table(self.checked(ref), columns=["sample_id"]).column("sample_id")
+        return pc.is_in(ids, value_set=pa.array(sorted(dead), pa.string())).to_numpy(zero_copy_only=False)
+
+    def sample_keys(self) -> KeySet:
+        """Every live sample's id → row_id, as 128-bit keys (`store.keys`): built once per process from the samples
+        files' key columns, then kept current entry by entry (a samples commit adds its ids, a forget removes)."""
+        state = self.state()
+        if self._keys is not None and self._keys[0] == state.seq:
+            return self._keys[1]
+        if self._keys is None or self._keys[0] > state.seq:
+            keys = KeySet()
+            for ref in self.live_files("samples"):
+                ids, rows = self._sample_rows(ref)
+                keys.add(ids, rows)
+        else:
+            seen, keys = self._keys
+            for seq in (s for s in state.sample_events if s > seen):  # other commits leave the live set as it is
+                e = self.read_entry(seq)
+                for f in e.files:  # a tombstone forgets earlier rows; samples files (not rewritten ones) add theirs
+                    if f.table == "tombstones":
+                        keys.remove(sorted(self.ids_in(f)))
+                for f in e.files:
+                    if f.table == "samples":
+                        keys.add(*self._sample_rows(f))
+        self._keys = (state.seq, keys)
+        return keys
+
+    def _sample_rows(self, ref: FileRef) -> tuple[pa.Array, np.ndarray]:
+        """(sample_id, row_id) of the live rows of a samples file."""
+        t = pq.read_table(self.checked(ref), columns=["sample_id", "row_id"])
+        dead = self.dead_rows(ref)
+        if dead is not None:
+            t = t.filter(pa.array(~dead))
+        return t.column("sample_id").combine_chunks(), t.column("row_id").to_numpy()
+
     def sample_ids(self) -> set[str]:
-        """sample_ids of every live sample (committed and not forgotten), read incrementally: only files not seen
-        before, unless a new tombstone asks for a recount."""
-        entries = self.entries()
-        if self._live is not None and self._live[0] <= len(entries):
-            new = entries[self._live[0] :]
-            if not any(e.kind == "forget" for e in new):
-                ids = self._live[1]
-                for e in new:
-                    for f in e.files:
-                        if f.table == "samples":
-                            ids.update(self.ids_in(f))
-                self._live = (len(entries), ids)
-                return ids
-        live = self.liveness()
-        ids = set()
-        for f in self.live_files("samples"):
-            ids.update(self.ids_in(f) - live.dead(f))
-        self._live = (len(entries), ids)
-        return ids
+        """sample_ids of every live sample, as Python strings (for small projects and tests; `sample_keys` scales)."""
+        out: set[str] = set()
+        for ref in self.live_files("samples"):
+            out.update(self._sample_rows(ref)[0].to_pylist())
+        return out
 
     def forgotten(self) -> set[str]:
         """The suppression list: forgotten sample_ids that were not collected again since."""
-        return set(self.liveness().forgotten - self.sample_ids())
+        ids = sorted(self.liveness().forgotten)
+        live = self.sample_keys().contains(ids) if ids else np.zeros(0, bool)
+        return {s for s, again in zip(ids, live, strict=True) if not again}
 
-    def skip_ids(self, include_forgotten: bool = False) -> set[str]:
-        """sample_ids a collect must not commit: live ones, and forgotten ones unless `include_forgotten`."""
-        live = self.sample_ids()
-        return set(live) if include_forgotten else live | self.liveness().forgotten
+    def committed(self, sample_ids: Sequence[str] | pa.Array, include_forgotten: bool = False) -> np.ndarray:
+        """Which of `sample_ids` a collect must not commit: live ones, and forgotten ones unless `include_forgotten`
+        (a bool mask; vectorized, so deciding a million samples takes a fraction of a second)."""
+        done = self.sample_keys().contains(sample_ids)
+        forgotten = self.liveness().forgotten
+        if forgotten and not include_forgotten:
+            ids = sample_ids.to_pylist() if isinstance(sample_ids, pa.Array) else sample_ids
+            done |= np.fromiter((s in forgotten for s in ids), bool, len(ids))
+        return done
 
     def data_root(self, ref: FileRef) -> str | None:
         """Where a samples file's sources resolve: the data root its commit recorded (for commits made before roots
         were recorded, dmin.json's data_path), re-pointed by later `relocate` entries."""
-        entry = self.entry_of(ref.path)
-        root = entry.meta.get("data_roots", {}).get(ref.path) or entry.meta.get("data_root") or self._base.data_path
-        for e in self.entries()[entry.seq :]:
-            if e.kind == "relocate" and e.meta.get("from") == root:
-                root = e.meta["to"]
-        return root
+        state = self.state()
+        return state.root_of(state.files[ref.path], self._base.data_path)
 
     def sample_root(self, sample_id: str) -> str | None:
         """The data root a live sample's source resolves against."""
-        live = self.liveness()
-        for f in self.live_files("samples"):
-            if sample_id in self.ids_in(f) and sample_id not in live.dead(f):
-                return self.data_root(f)
-        return None
+        row = int(self.sample_keys().lookup([sample_id])[0])
+        found = self.samples_by_row(np.asarray([row])) if row >= 0 else []
+        return found[0][0] if found else None
+
+    def samples_version(self) -> tuple[int, int]:
+        """Changes whenever the set of live samples may have (a samples or forget commit): for readers' caches."""
+        state = self.state()
+        return (id(state), len(state.sample_events))
+
+    def samples_by_row(self, row_ids: np.ndarray) -> list[tuple[str | None, pa.Table]]:
+        """The samples rows with these row ids, as (data root, rows) per file that holds some: only the row groups
+        whose row_id statistics span a wanted id are decoded (4096 rows each), so a query's top-k metadata costs a
+        few milliseconds however many samples the project holds."""
+        want = np.unique(np.asarray(row_ids, dtype=np.int64))
+        out = []
+        for ref in self.live_files("samples"):
+            pf = self._footers.get(ref.path)
+            if pf is None:
+                pf = self._footers[ref.path] = pq.ParquetFile(self.checked(ref))
+            col = pf.schema_arrow.get_field_index("row_id")
+            groups = []
+            for g in range(pf.metadata.num_row_groups):
+                stats = pf.metadata.row_group(g).column(col).statistics
+                lo, hi = (stats.min, stats.max) if stats is not None and stats.has_min_max else (-1, 1 << 62)
+                if ((want >= lo) & (want <= hi)).any():
+                    groups.append(g)
+            if groups:
+                t = pf.read_row_groups(groups)
+                t = t.filter(pc.is_in(t.column("row_id"), value_set=pa.array(want)))
+                if len(t):
+                    out.append((self.data_root(ref), t))
+        return out
 
     # ---- writing ---------------------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def _snapshot(self) -> Iterator[list[Entry]]:
-        """Pin the newest manifest: every read inside sees the same entries (a plan's consistent view)."""
+    def _snapshot(self) -> Iterator[State]:
+        """Pin the newest state: every read inside sees the same entries (a plan's consistent view)."""
         self._pinned = None
-        entries = self.entries()
-        self._pinned = entries
+        state = self.state()
+        self._pinned = state
         try:
-            yield entries
+            yield state
         finally:
             self._pinned = None
 
     def transact(self, plan: Callable[[Stage], Commit | None]) -> Entry | None:
         """Publish what `plan` returns as the next manifest entry, planned against the newest manifest; re-plan when
-        another writer published first. None when the plan finds nothing to commit."""
+        another writer published first. None when the plan finds nothing to commit. After a commit, the writer
+        keeps the project tidy (`store.upkeep`): a checkpoint every CHECKPOINT_EVERY entries, small files merged."""
         stage = Stage(self.root)
         published: Entry | None = None
         try:
@@ -340,7 +455,7 @@ class Project:
                     if stage.vanished():
                         continue
                     entry = Entry(
-                        seq=len(snapshot) + 1,
+                        seq=snapshot.seq + 1,
                         kind=commit.kind,
                         files=tuple(commit.files),
                         identity_hash=self._identity_hash,
@@ -349,18 +464,29 @@ class Project:
                         supersedes=tuple(commit.supersedes),
                         row_ids=commit.row_ids,
                         meta=commit.meta,
-                    )
+                    ).sealed()
                 if manifest.publish(self.root, entry):
                     published = entry
-                    self._entry_cache[paths.manifest_name(entry.seq).split("/")[1]] = entry
-                    return entry
+                    if self._state is not None and self._state.seq == entry.seq - 1:
+                        self._state.apply(entry)
+                    break
                 time.sleep(random.uniform(0, min(0.05, 0.0005 * 2 ** min(attempt, 10))))  # let the winner finish
-            raise ProjectError(
-                f"{self.root}: could not commit after {MAX_ATTEMPTS} attempts (other writers kept committing first); "
-                f"run the command again"
-            )
+            else:
+                raise ProjectError(
+                    f"{self.root}: could not commit after {MAX_ATTEMPTS} attempts (other writers kept committing "
+                    f"first); run the command again"
+                )
         finally:
             stage.discard(keep={f.path for f in published.files} if published else set())
+        if not self._maintaining:
+            from dmin.store.upkeep import after_commit  # merges commit through this method: imported when needed
+
+            self._maintaining = True
+            try:
+                after_commit(self, published)
+            finally:
+                self._maintaining = False
+        return published
 
     def commit(
         self,
@@ -399,10 +525,10 @@ class Project:
             )
 
         def plan(stage: Stage) -> Commit | None:
-            skip = self.skip_ids(include_forgotten)
+            skip = self.committed(batch.sample_ids, include_forgotten)
             keep, seen = [], set()
             for i, sid in enumerate(batch.sample_ids):
-                if sid not in skip and sid not in seen:
+                if not skip[i] and sid not in seen:
                     keep.append(i)
                     seen.add(sid)
             if not keep:
@@ -429,42 +555,42 @@ class Project:
                 meta["data_root"] = data_root
             return Commit("samples", files, meta, row_ids=(lo, lo + len(keep)))
 
-        entry = self.transact(plan)
-        if entry is not None:  # no need to read back the sample_ids just written
-            ref = next(f for f in entry.files if f.table == "samples")
-            self._ids_of_file[ref.path] = frozenset(kept)
-        return entry
+        return self.transact(plan)
 
     def next_row_id(self) -> int:
         """Row ids are assigned in contiguous ranges, each commit's following the last (forgotten rows leave gaps;
         ids are never reused, as hnswlib labels are row ids)."""
-        return max((e.row_ids[1] for e in self.entries() if e.row_ids), default=0)
+        return self.state().next_row_id
 
     # ---- reading ---------------------------------------------------------------------------------------------
     def read_table(
         self, table: str, v: str | None = None, columns: list[str] | None = None, live: bool = True
     ) -> pa.Table | None:
         """All committed rows of a table as one Arrow table (schemas unified by column name), or None if empty.
-        `live`: without the rows of forgotten samples."""
+        `live`: without the rows of forgotten samples. For small tables and tools: a grads table is read whole."""
         files = self.live_files(table, v)
         if not files:
             return None
-        liveness = self.liveness() if live and table in SAMPLE_KEYED else None
         parts = []
         for f in files:
-            dead = liveness.dead(f) if liveness else frozenset()
-            cols = columns if columns is None or not dead or "sample_id" in columns else [*columns, "sample_id"]
-            t = pq.read_table(self.checked(f), columns=cols, memory_map=True)
-            if dead and "sample_id" in t.column_names:
-                keep = np.fromiter((s not in dead for s in t.column("sample_id").to_pylist()), bool, len(t))
-                t = t.filter(pa.array(keep))
-                if columns is not None and "sample_id" not in columns:
-                    t = t.drop_columns(["sample_id"])
+            dead = self.dead_rows(f) if live and table in SAMPLE_KEYED else None
+            t = pq.read_table(self.checked(f), columns=columns, memory_map=True)
+            if dead is not None:
+                t = t.filter(pa.array(~dead))
             parts.append(t)
         return pa.concat_tables(parts, promote_options="default")
 
     def path(self, rel: str) -> Path:
         return self.root / rel
+
+
+def _check_names(names: list[str]) -> None:
+    """Entry files are numbered 1..N without a gap; a missing one is damage (a deleted commit)."""
+    for expected, name in enumerate(names, 1):
+        if name != paths.manifest_name(expected).split("/")[1]:
+            raise IntegrityError(
+                f"{paths.manifest_name(expected)}: manifest entry missing or renamed (sequence gap); run `dmin verify`"
+            )
 
 
 def samples_table(batch: SampleBatch, keep: list[int], lo: int) -> pa.Table:

@@ -12,10 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dmin.errors import IntegrityError
 from dmin.store.pages import plain_values
+from dmin.store.paths import grads_dir, query_grads_dir
 from dmin.store.project import Project
 
 _MAX_KEPT = 8192  # mappings a Project keeps open (the kernel allows ~65k per process)
@@ -25,7 +27,7 @@ _MAX_KEPT = 8192  # mappings a Project keeps open (the kernel allows ~65k per pr
 class VectorBlock:
     """The vectors of one committed file: keys (N,) and vecs (N, K, dim) float32 (or float16 as stored)."""
 
-    keys: list[str]
+    keys: pa.Array  # strings, one per sample (every K-th row's key)
     vecs: np.ndarray
     path: Path
     mapped: bool = False  # a view of the page cache (costs no memory to keep), not a decoded copy
@@ -54,7 +56,9 @@ def read_block(path: Path, key: str, K: int) -> VectorBlock:
     if rows % K or len(table) != rows:
         raise IntegrityError(f"{path}: {len(table)} rows, {rows} vectors, K={K}: inconsistent; run `dmin verify`")
     mapped = fast is not None and not flat.flags.owndata  # several pages are joined into a copy
-    return VectorBlock(table.column(key).to_pylist()[::K], flat.reshape(rows // K, K, dim), path, mapped)
+    keys = table.column(key).combine_chunks()
+    keys = keys.take(pa.array(np.arange(0, rows, K))) if K > 1 else keys
+    return VectorBlock(keys, flat.reshape(rows // K, K, dim), path, mapped)
 
 
 def iter_blocks(project: Project, v: str, table: str = "grads", key: str = "sample_id") -> Iterator[VectorBlock]:
@@ -64,7 +68,11 @@ def iter_blocks(project: Project, v: str, table: str = "grads", key: str = "samp
     Mapped blocks are kept per Project (views of the page cache, not copies), so a process that keeps its Project
     open scores later queries at memory speed without re-reading or re-checking the files."""
     liveness = project.liveness() if key == "sample_id" else None
-    for ref in project.live_files(table, v):
+    refs = project.live_files(table, v)
+    live, folder = {ref.path for ref in refs}, f"{grads_dir(v) if table == 'grads' else query_grads_dir(v)}/"
+    for path in [p for p in project.blocks if p.startswith(folder) and p not in live]:
+        del project.blocks[path]  # merged or compacted away: let the mapping (and the deleted file's blocks) go
+    for ref in refs:
         block = project.blocks.get(ref.path)
         if block is None:
             block = read_block(project.checked(ref), key, project.identity.K)
@@ -72,7 +80,7 @@ def iter_blocks(project: Project, v: str, table: str = "grads", key: str = "samp
                 project.blocks[ref.path] = block
         dead = liveness.dead(ref) if liveness else frozenset()
         if dead:
-            alive = np.fromiter((k not in dead for k in block.keys), bool, len(block.keys))
+            alive = ~pc.is_in(block.keys, value_set=pa.array(sorted(dead), pa.string())).to_numpy(zero_copy_only=False)
             if not alive.all():
                 block = replace(block, alive=alive)
         yield block

@@ -25,7 +25,8 @@ def compact_cmd(
     ),
     json_out: JsonOpt = False,
 ) -> None:
-    """Rewrite files holding forgotten samples without them, rebuild indexes that hold them, delete the rest."""
+    """Rewrite files holding forgotten samples without them, erase them from index graphs, merge small files,
+    delete the rest."""
     from dmin.compact import compact
     from dmin.store import Project
 
@@ -37,12 +38,14 @@ def compact_cmd(
     if report.seq is None:
         render.out.print("no file holds forgotten samples", highlight=False)
     else:
-        rebuilt = f"; rebuilt index v={', v='.join(report.indexes_rebuilt)}" if report.indexes_rebuilt else ""
+        erased = f"; erased from index v={', v='.join(report.indexes_erased)}" if report.indexes_erased else ""
         render.out.print(
-            f"rewrote {report.files_rewritten} file(s) without {dropped} forgotten row(s){rebuilt} "
+            f"rewrote {report.files_rewritten} file(s) without {dropped} forgotten row(s){erased} "
             f"(manifest entry {report.seq})",
             highlight=False,
         )
+    if report.files_merged:
+        render.out.print(f"merged {report.files_merged} small file(s)", highlight=False)
     render.out.print(
         f"deleted {report.files_deleted} superseded or leftover file(s), {report.bytes_freed / 1e6:.2f} MB",
         highlight=False,

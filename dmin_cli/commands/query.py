@@ -40,9 +40,13 @@ def query_cmd(
     knn_opt: bool = typer.Option(False, "--knn", help="Use the HNSW index."),
     ef: int = typer.Option(100, "--ef", help="HNSW search beam width."),
     allow_stale: bool = typer.Option(False, "--allow-stale", help="Use an index that misses new samples."),
-    sheet: Path | None = typer.Option(
-        None, "--sheet", dir_okay=False, help="Write a contact sheet PNG (query + top-k)."
+    sheet: str | None = typer.Option(
+        None,
+        "--sheet",
+        help="Write a contact sheet PNG (query + top-k) to this new file, or '-' for stdout; with --queries, a "
+        "pattern such as 'top-{i}.png' or 'sheets/{query_id}.png'.",
     ),
+    force: bool = typer.Option(False, "--force", help="Let --sheet replace an existing file."),
     per_t: bool = typer.Option(False, "--per-t", help="Show each timestep's share of the score in the table."),
     model: str | None = typer.Option(None, "--model", help="Model dir or Hub id (default: the one collect used)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
@@ -55,10 +59,14 @@ def query_cmd(
     from PIL import Image
 
     from dmin.query import QueryResult, QuerySpec, open_for_query, read_queries, run_query
-    from dmin.sheet import contact_sheet
+    from dmin.sheet import check_sheet_path, contact_sheet, render_sheet
 
     if exact and knn_opt:
         raise UsageError("use just one of --exact or --knn")
+    if sheet == "-" and (json_out or queries is not None):
+        raise UsageError("--sheet - writes the PNG to stdout: use it with one query and without --json")
+    if sheet is not None and queries is not None and "{i}" not in sheet and "{query_id}" not in sheet:
+        raise UsageError("with --queries, --sheet takes a pattern such as 'top-{i}.png' (one sheet per query)")
     method = "exact" if exact else "knn" if knn_opt else "auto"
     if queries is None:
         specs = [QuerySpec(image=image, prompt=prompt, label=label, seed=seed)]
@@ -66,6 +74,9 @@ def query_cmd(
         raise UsageError("use --queries alone: each of its lines carries its own image or seed, prompt and label")
     else:
         specs = read_queries(queries)
+    if sheet is not None and sheet != "-" and "{query_id}" not in sheet:  # refused before the model loads
+        for i in range(len(specs)):
+            check_sheet_path(project, sheet.replace("{i}", str(i)), force)
     results: list[QueryResult] = []
     with render.progress(enabled=not json_out) as bar:
         task = bar.add_task("loading the model", total=len(specs), rate="", note="")
@@ -85,10 +96,15 @@ def query_cmd(
             )
             results.append(res)
             if sheet is not None:
-                out = sheet if len(specs) == 1 else sheet.with_name(f"{sheet.stem}-{i}{sheet.suffix}")
                 img = Image.open(res.image_path) if res.image_path else Image.open(spec.image)  # type: ignore[arg-type]
-                contact_sheet(proj, res, img, out)
+                if sheet == "-":
+                    render.write_bytes(render_sheet(proj, res, img))
+                else:
+                    name = sheet.replace("{i}", str(i)).replace("{query_id}", res.query_id)
+                    contact_sheet(proj, res, img, name, force)
             bar.update(task, advance=1, note="")
+    if sheet == "-":
+        return  # stdout holds the PNG
     if json_out:
         render.print_json(results[0].to_dict() if queries is None else [r.to_dict() for r in results])
         return
@@ -110,5 +126,5 @@ def query_cmd(
             ["rank", "score", *steps, "sample_id", "caption/label", "source"],
             rows,
         )
-    if sheet is not None:
-        render.out.print(f"contact sheet: {sheet}")
+    if sheet is not None and sheet != "-":
+        render.out.print(f"contact sheet{'s' if queries is not None else ''}: {sheet}")
