@@ -32,7 +32,7 @@ from dmin.batching import (
 )
 from dmin.compress import BatchAccumulator, Compressor, fold
 from dmin.data import Dataset, Record, load_dataset, shard
-from dmin.errors import DataError, UsageError
+from dmin.errors import CompressionError, DataError, UsageError
 from dmin.models import Condition, Family, Pixels, attach_lora, check_condition, load_family, select_params
 from dmin.models.hub import is_hub_id
 from dmin.per_example import PerExampleGrads
@@ -142,6 +142,13 @@ def prepare(
     if resolution is not None and resolution < 8:
         raise UsageError(f"--resolution {resolution}: expected the image size in pixels, e.g. 512 or 1024")
     fam = load_family(model, DTYPES[dtype], resolution)
+    step = fam.resolution_step()
+    if resolution is not None and resolution % step:
+        near = max(step, round(resolution / step) * step)
+        raise UsageError(
+            f"--resolution {resolution}: must be a multiple of {step} for this {fam.name} model (its VAE's and "
+            f"denoiser's downsampling), e.g. {near}"
+        )
     if latent_shape is not None and tuple(fam.latent_shape()) != tuple(latent_shape):  # a project's resolution
         fam.resolution = fam.resolution * int(latent_shape[-1]) // fam.latent_shape()[-1]
     adapter = attach_lora(fam, lora) if lora else None
@@ -151,7 +158,10 @@ def prepare(
     caps = [v if v == "full" else str(min(int(v), comp.D)) for v in want]
     for v in caps:
         if v != "full":
-            comp.check_v(int(v))
+            try:
+                comp.check_v(int(v))
+            except CompressionError as exc:
+                raise UsageError(f"--v {v}: {exc}") from exc
     ts = list(timestep_list) if timestep_list else fam.default_timesteps(timesteps)
     if not ts or any(t < 0 or t >= fam.num_train_timesteps for t in ts):
         raise UsageError(f"timesteps must lie in [0, {fam.num_train_timesteps}); got {ts}")

@@ -116,6 +116,11 @@ def _read_metadata(folder: Path) -> list[dict[str, Any]]:
 
 def _folder(folder: Path) -> Dataset:
     rows = _read_metadata(folder)
+    if not rows:
+        raise DataError(
+            f"--data {folder}: its metadata lists no images; write one row per image (file_name plus text and/or "
+            f"label), e.g. {{\"file_name\": \"0001.png\", \"text\": \"a photo of …\"}}"
+        )
     base = folder.resolve()
     records, any_cap, any_label = [], False, False
     for n, row in enumerate(rows, 1):

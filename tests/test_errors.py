@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 from pathlib import Path
 from typing import NamedTuple
 
@@ -63,6 +64,34 @@ CASES = {
     "collect --shard 5/4": Case("collect new --model model --data data --shard 5/4", 2, r"--shard 5/4", r"0 ≤ i < N"),
     "collect timestep past the schedule": Case(
         "collect new --model model --data data --timestep-list 500", 2, r"\[500\.0\]", r"lie in \[0, 100\)"
+    ),
+    "collect a pipeline without its vae/": Case(
+        "collect new --model novae --data data", 1, r"names component 'vae' \(AutoencoderKL\)", r"copy the pipeline"
+    ),
+    "collect a pipeline without its UNet weights": Case(
+        "collect new --model nounet --data data", 1, r"component 'unet' has no weights", r"restore the file"
+    ),
+    "collect an SDXL LoRA on SD 1.5": Case(
+        "collect new --model sd15 --lora sdxl-lora --data data",
+        1,
+        r"--lora sdxl-lora: made for another model: .* in the LoRA but",
+        r"a width of 32 where this model has 16\); use the LoRA with the model it was trained on",
+    ),
+    "collect --resolution 13": Case(
+        "collect new --model model --data data --resolution 13",
+        2,
+        r"--resolution 13: must be a multiple of 2",
+        r"e\.g\. 1[24]",
+    ),
+    "collect --timesteps and --timestep-list": Case(
+        "collect new --model model --data data --timesteps 3 --timestep-list 5", 2, r"not both", r"--timesteps K or"
+    ),
+    "collect an empty metadata.jsonl": Case(
+        "collect new --model model --data emptymeta", 1, r"--data emptymeta: its metadata lists no images",
+        r"one row per image",
+    ),
+    "collect --v 300": Case(
+        "collect new --model model --data data --v 300", 2, r"--v 300: v must be a power", r"16, 32"
     ),
     "collect --device gpu": Case(
         "collect new --model model --data data --device gpu", 2, r"--device 'gpu'", r"choose auto, cpu, cuda"
@@ -132,6 +161,12 @@ CASES = {
     "sql that writes": Case(
         "sql proj \"COPY (SELECT 42) TO 'proj/dmin.json'\"", 2, r"COPY is refused before it runs", r"--parquet FILE"
     ),
+    "sql WITH before an INSERT": Case(
+        "sql proj 'WITH t AS (SELECT 1) INSERT INTO samples SELECT * FROM t'",
+        2,
+        r"INSERT \(after WITH\) is refused",
+        r"export results with",
+    ),
     "sql --parquet inside the project": Case(
         "sql proj 'SELECT 1' --parquet proj/x.parquet", 2, r"inside the project", r"choose a path outside it"
     ),
@@ -183,6 +218,13 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     collect(root / "proj", setup, root / "data")
     (root / "afile").write_text("not a project, not an image\n")
     (root / "emptydir").mkdir()
+    (root / "emptymeta").mkdir()
+    (root / "emptymeta" / "metadata.jsonl").write_text("")
+    tiny.sd15(root / "sd15")
+    for name, drop in (("novae", "vae"), ("nounet", "unet/diffusion_pytorch_model.safetensors")):
+        shutil.copytree(root / "sd15", root / name)
+        shutil.rmtree(root / name / drop) if (root / name / drop).is_dir() else (root / name / drop).unlink()
+    tiny.lora(tiny.sdxl(root / "sdxl"), root / "sdxl-lora")
     (root / "badlabel").mkdir()
     (root / "badlabel" / "metadata.jsonl").write_text('{"file_name": "x.png", "label": "abc"}\n')
     (root / "q-list.jsonl").write_text("[1, 2]\n")

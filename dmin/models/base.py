@@ -184,6 +184,13 @@ class Family:
     def native_resolution(self) -> int:
         raise NotImplementedError
 
+    def resolution_step(self) -> int:
+        """What an image size must be a multiple of: the denoiser halves its input once per down block (UNets), or
+        cuts it into patches (transformers); latent families first divide by the VAE's factor."""
+        cfg = self.denoiser.config
+        blocks = getattr(cfg, "down_block_types", None)
+        return int(2 ** (len(blocks) - 1)) if blocks else int(getattr(cfg, "patch_size", None) or 1)
+
     @property
     def image_channels(self) -> int:
         return 3

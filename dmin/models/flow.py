@@ -71,6 +71,9 @@ class FluxFamily(FlowFamily):
     def guidance(self) -> float | None:
         return FLUX_GUIDANCE if self.config.guidance_embeds else None
 
+    def resolution_step(self) -> int:
+        return super().resolution_step() * 2  # latents are packed 2×2 into tokens
+
     def native_resolution(self) -> int:
         return int(self.pipe.default_sample_size) * self.pipe.vae_scale_factor
 

@@ -29,6 +29,9 @@ class LatentFamily(Family):
     def native_resolution(self) -> int:
         return int(self.config.sample_size) * vae_scale(self.pipe.vae)
 
+    def resolution_step(self) -> int:
+        return vae_scale(self.pipe.vae) * super().resolution_step()
+
     def latent_shape(self) -> tuple[int, ...]:
         s = self.resolution // vae_scale(self.pipe.vae)
         return (self.latent_channels, s, s)

@@ -8,6 +8,7 @@ weights saved with PNDM, DDIM, Euler or DDPM are one model to dmin.
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -125,12 +126,31 @@ def load_family(model: str | Path, dtype: torch.dtype = torch.float32, resolutio
         kwargs.update(text_encoder_3=None, tokenizer_3=None)
     if family is SDFamily:
         kwargs.update(safety_checker=None, requires_safety_checker=False)
+    for name, value in index.items():  # a component model_index.json names must be there, and say so if not
+        named = not name.startswith("_") and isinstance(value, list) and value[0] and name not in kwargs
+        if named and not (root / name).is_dir():
+            raise ModelLoadError(
+                f"--model {model}: model_index.json names component '{name}' ({value[1]}) but there is no "
+                f"{name}/ folder; copy the pipeline's {name}/ in, or download the pipeline again"
+            )
+    quiet = diffusers.utils.logging.get_verbosity()
+    diffusers.utils.logging.set_verbosity(diffusers.utils.logging.CRITICAL)  # it logs what it then raises
     try:
         with warnings.catch_warnings():  # deprecation notices about diffusers' own arguments are not the user's
             warnings.simplefilter("ignore", FutureWarning)
             pipe = getattr(diffusers, str(cls_name)).from_pretrained(str(root), **kwargs)
     except Exception as exc:  # diffusers raises many types; the user needs one line
-        raise ModelLoadError(f"--model {model}: cannot load {cls_name}: {str(exc).splitlines()[0]}") from exc
+        text = str(exc).splitlines()[0]
+        missing = re.search(r"no file named (\S+) found in directory (\S+?)\.?$", text)
+        if missing:
+            part = Path(missing.group(2)).name
+            raise ModelLoadError(
+                f"--model {model}: component '{part}' has no weights ({missing.group(1)} is missing in "
+                f"{missing.group(2)}); restore the file, or download the pipeline again"
+            ) from exc
+        raise ModelLoadError(f"--model {model}: cannot load {cls_name}: {text}") from exc
+    finally:
+        diffusers.utils.logging.set_verbosity(quiet)
     pipe.set_progress_bar_config(disable=True)
     vae = getattr(pipe, "vae", None)
     if vae is not None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,14 +109,39 @@ def attach_lora(fam: Family, spec: str | Path) -> Adapter:
     return Adapter(fingerprint(files, file.parent), notes)
 
 
+# Cross-attention widths (the text embedding a UNet attends to) of the families people fine-tune.
+_WIDTHS = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL", 4096: "a T5-conditioned model (SD3, FLUX)"}
+
+
+def _misfit(error: str, pipeline: str) -> str:
+    """One line for a LoRA whose tensors do not fit the model: the first mismatching tensor, and whose model a
+    width like that belongs to (an SDXL LoRA on SD 1.5: 2048 against 768)."""
+    found = re.search(
+        r"size mismatch for (\S+): copying a param with shape torch\.Size\(\[([\d, ]*)\]\) from checkpoint, "
+        r"the shape in current model is torch\.Size\(\[([\d, ]*)\]\)",
+        error,
+    )
+    if not found:
+        return f"does not fit this {pipeline}: {error.splitlines()[0][:200]}"
+    name, theirs, ours = found.group(1), found.group(2), found.group(3)
+    pairs = [(int(a), int(b)) for a, b in zip(theirs.split(", "), ours.split(", "), strict=False) if a != b]
+    width = ""
+    if pairs:
+        a, b = pairs[0]
+        width = f" (a width of {a} where this model has {b}"
+        width += f": {_WIDTHS[a]}'s against {_WIDTHS[b]}'s)" if a in _WIDTHS and b in _WIDTHS else ")"
+    return (
+        f"made for another model: {name} is [{theirs}] in the LoRA but [{ours}] in this {pipeline}{width}; "
+        f"use the LoRA with the model it was trained on"
+    )
+
+
 def _attach_with_diffusers(fam: Family, file: Path, spec: str | Path) -> list[str]:
     with _diffusers_warnings() as caught:
         try:
             fam.pipe.load_lora_weights(str(file.parent), weight_name=file.name, adapter_name=ADAPTER)
         except (ValueError, RuntimeError, KeyError, TypeError) as exc:
-            raise ModelLoadError(
-                f"--lora {spec}: does not fit this {type(fam.pipe).__name__}: {str(exc).splitlines()[0][:200]}"
-            ) from exc
+            raise ModelLoadError(f"--lora {spec}: {_misfit(str(exc), type(fam.pipe).__name__)}") from exc
     unmatched = [m for m in caught if "unexpected keys" in m]
     if unmatched and _lora_tensors(fam.denoiser):
         raise ModelLoadError(

@@ -124,6 +124,8 @@ def check_read_only(sql: str) -> None:
             return
     first = sql.split(maxsplit=1)[0].upper() if sql.split() else ""
     word = first if first.isalpha() else kind.name  # the statement as written (INSTALL, not LOAD), else its type
+    if word in ("WITH", "FROM", "VALUES", "SELECT"):  # a reading keyword before a writing statement
+        word = f"{kind.name} (after {first})"
     raise UsageError(
         f"dmin sql only reads: {word} is refused before it runs (allowed: {ALLOWED}); "
         f"export results with --csv, --json or --parquet FILE"

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from dmin.errors import UsageError
 from dmin_cli import render
 from dmin_cli.options import JsonOpt, ProjectArg
 
@@ -28,7 +29,9 @@ def collect_cmd(
         None, "--lora", help="LoRA safetensors, a PEFT adapter dir or a Hub id: only its parameters get gradients."
     ),
     params: str | None = typer.Option(None, "--params", help="Glob over parameter names (full models)."),
-    timesteps: int = typer.Option(10, "--timesteps", help="K, spread over the training schedule."),
+    timesteps: int | None = typer.Option(
+        None, "--timesteps", help="K, spread over the training schedule (default 10).", show_default=False
+    ),
     timestep_list: list[float] | None = typer.Option(
         None, "--timestep-list", help="Explicit timesteps (repeat the option)."
     ),
@@ -67,11 +70,13 @@ def collect_cmd(
     """Collect compressed, normalized per-sample gradients; reruns skip committed samples."""
     from dmin.collect import CollectSummary, collect, prepare
 
+    if timesteps is not None and timestep_list:
+        raise UsageError("give --timesteps K or --timestep-list T (repeated), not both: one of them would be ignored")
     setup = prepare(
         model,
         lora,
         params,
-        timesteps,
+        timesteps or 10,
         timestep_list,
         v or (),
         noise_seed,
