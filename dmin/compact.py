@@ -27,14 +27,14 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from dmin.errors import UsageError
 from dmin.index import current_index, erase, live_row_mask
 from dmin.store import paths
 from dmin.store.manifest import FileRef
 from dmin.store.project import SAMPLE_KEYED, Commit, Project, Stage
-from dmin.store.upkeep import merge_small
+from dmin.store.upkeep import merge_small, write_checkpoint
+from dmin.store.vectors import read_rows
 
 ORPHAN_GRACE = paths.ORPHAN_GRACE
 
@@ -120,13 +120,13 @@ def compact(project: Project, orphan_grace: float = ORPHAN_GRACE) -> CompactRepo
         report.rows_dropped, report.files_rewritten, report.indexes_erased = {}, 0, []
     report.files_merged = sum(int(e.meta.get("files", 0)) for e in merge_small(project, everything=True))
     report.files_deleted, report.bytes_freed, report.orphans_kept = sweep(project, orphan_grace)
+    write_checkpoint(project, project.state().seq)  # a project written before checkpoints gets its first here
     return report
 
 
 def _without(project: Project, ref: FileRef, keep: np.ndarray) -> pa.Table:
     """A committed file's rows minus forgotten ones, in the same order (grads readers rely on it)."""
-    table = pq.read_table(project.checked(ref), memory_map=True)
-    return table.filter(pa.array(keep)).combine_chunks()
+    return read_rows(project.checked(ref), keep).combine_chunks()
 
 
 def sweep(project: Project, orphan_grace: float = ORPHAN_GRACE) -> tuple[int, int, list[str]]:

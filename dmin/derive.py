@@ -23,7 +23,7 @@ from dmin.store.keys import KeySet
 from dmin.store.manifest import Entry, FileRef
 from dmin.store.project import Commit, Project, Stage
 from dmin.store.schema import grads_schema, vec_type
-from dmin.store.vectors import vec_values
+from dmin.store.vectors import read_rows, vec_values
 
 _TABLES = (("grads", "sample_id", paths.grads_dir), ("query_grads", "query_id", paths.query_grads_dir))
 
@@ -58,7 +58,9 @@ def _keys_at(project: Project, table: str, key: str, v: str) -> KeySet:
 def _derived_rows(project: Project, ref: FileRef, key: str, rows: np.ndarray, src: str, v: int) -> pa.Table:
     """The rows `rows` of a stored file at src, re-expressed at v."""
     ident = project.identity
-    table = pq.read_table(project.checked(ref), memory_map=True).take(pa.array(rows))
+    keep = np.zeros(ref.rows, bool)
+    keep[rows] = True
+    table = read_rows(project.checked(ref), keep)
     dim = table.schema.field("vec").type.list_size
     out = derive(vec_values(table.column("vec")).reshape(-1, dim), src, v, ident)
     np_dtype = np.float16 if ident.dtype == "float16" else np.float32

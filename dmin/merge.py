@@ -32,6 +32,7 @@ from dmin.store.keys import KeySet
 from dmin.store.manifest import FileRef
 from dmin.store.project import Commit, Project, Stage
 from dmin.store.schema import TOMBSTONES
+from dmin.store.vectors import read_rows
 
 QUERY_TABLES = ("queries", "results", "query_grads")
 
@@ -154,9 +155,8 @@ def _plan(dest: Project, srcs: list[Project], stage: Stage, report: MergeReport)
 
 
 def _live_rows(src: Project, ref: FileRef) -> pa.Table:
-    t = pq.read_table(src.checked(ref), memory_map=True)
     dead = src.dead_rows(ref)
-    return t if dead is None else t.filter(pa.array(~dead))
+    return read_rows(src.checked(ref), None if dead is None else ~dead)
 
 
 def _take(
@@ -174,7 +174,7 @@ def _take(
     if keep.all():
         return [_link(src, ref, stage, key, report)]
     folder = ref.path.rsplit("/", 1)[0]
-    rows = pq.read_table(src.checked(ref), memory_map=True).filter(pa.array(keep)).combine_chunks()
+    rows = read_rows(src.checked(ref), keep).combine_chunks()
     report.files_rewritten += 1
     return [stage.table(key, ref.table, ref.v, folder, rows)]
 

@@ -32,7 +32,7 @@ from dmin.store.pages import plain_values
 from dmin.store.project import Project
 from dmin.store.schema import SAMPLES_BASE, fixed_schema, grads_schema
 from dmin.store.state import State, checkpoint_name
-from dmin.store.vectors import vec_values
+from dmin.store.vectors import read_block, vec_values
 
 FOLD_SAMPLES = 8
 
@@ -85,6 +85,7 @@ class _Verifier(Findings):
             ("complete", lambda: self.check_complete(project, ident)),
             ("index", lambda: verify_indexes(project, self)),
             ("forgotten", lambda: self.check_forgotten(project)),
+            ("checkpoint", lambda: self.check_checkpoints(project)),
         ]
         if self.deep:
             stages += [
@@ -157,6 +158,25 @@ class _Verifier(Findings):
                     f"v={v} is committed but not listed in vs; `dmin compress` will record it",
                 )
         return out
+
+    def check_checkpoints(self, project: Project) -> None:
+        """Each checkpoint file reads back and names the checksum of its entry; one that does not costs readers
+        time (they skip it and fold more entries), never correctness: a warning."""
+        folder = self.root / paths.CHECKPOINTS
+        for path in sorted(folder.glob("*.json")) if folder.is_dir() else ():
+            rel = path.relative_to(self.root).as_posix()
+            try:
+                state = State.from_json(path.read_text(errors="replace"), rel, project.identity.hash())
+                if state.checksum != project.read_entry(state.seq).checksum:
+                    raise DminError(f"{rel}: sums up entries up to {state.seq} but does not match that entry")
+                self.checked["checkpoints"] += 1
+            except DminError as exc:
+                self.warn(
+                    "checkpoint",
+                    rel,
+                    f"{str(exc).removeprefix(rel + ': ')}; readers skip it and fold the entries instead (delete it; "
+                    f"the next checkpoint is written 64 commits on)",
+                )
 
     def check_checkpoint(self, project: Project, entries: list[Entry]) -> None:
         """(deep) The state readers open with — the newest checkpoint plus the entries after it — equals a replay
@@ -343,71 +363,59 @@ class _Verifier(Findings):
 
     # -- deep ---------------------------------------------------------------------------------------------------
     def check_folds(self, project: Project, ident: Identity, live: list[FileRef]) -> None:
-        """Sampled rows of each derived v must equal the fold (or compression) of a larger stored v."""
+        """Sampled rows of each derived v must equal the fold (or compression) of a larger stored v: the first
+        FOLD_SAMPLES samples of each v's first file, found in the parent v's files by key, read in place."""
         import torch
 
         from dmin.compress import Compressor, fold
 
-        by_v: dict[str, dict[tuple[str, int], np.ndarray]] = {}
-        first: dict[str, FileRef] = {}
-        for ref in live:
-            if ref.table == "grads" and ref.v and ref.v not in first:
-                first[ref.v] = ref
-        for v, ref in first.items():
-            try:
-                t = pq.read_table(self.root / ref.path, columns=["sample_id", "t_idx", "vec"])
-            except (OSError, pa.ArrowException, KeyError):
-                continue
-            t = t.slice(0, FOLD_SAMPLES)
-            dim = t.schema.field("vec").type.list_size
-            vec = vec_values(t.column("vec")).reshape(-1, dim).astype(np.float32)
-            by_v[v] = {
-                (s, i): vec[j]
-                for j, (s, i) in enumerate(
-                    zip(t.column("sample_id").to_pylist(), t.column("t_idx").to_pylist(), strict=True)
-                )
-            }
-        numeric = sorted((int(v) for v in by_v if v != "full"), reverse=True)
+        K = ident.K
+        first: dict[str, tuple[list[str], np.ndarray]] = {}
+        for v in ident.vs:
+            refs = project.live_files("grads", v)
+            if refs:
+                block = read_block(self.root / refs[0].path, "sample_id", K)
+                first[v] = (block.keys.to_pylist()[:FOLD_SAMPLES], np.asarray(block.vecs[:FOLD_SAMPLES], np.float32))
+        numeric = sorted((int(v) for v in first if v != "full"), reverse=True)
         comp = Compressor(ident.n, ident.compress_seed)
         tol = 2e-2 if ident.dtype == "float16" else 1e-4
         for small in numeric:
-            parents = [str(b) for b in numeric if b > small] + (["full"] if "full" in by_v else [])
-            for parent in parents[:1]:
-                for key, child in by_v[str(small)].items():
-                    src = self._parent_row(project, parent, key, by_v)
-                    if src is None:
-                        continue
-                    if parent == "full":
-                        want = comp.compress(torch.from_numpy(src.astype(np.float64)), small).numpy()
-                    else:
-                        want = fold(torch.from_numpy(src), small).numpy()
-                    self.checked["fold_checks"] += 1
-                    if not np.allclose(child, want, rtol=tol, atol=tol * max(1.0, float(np.abs(want).max()))):
-                        self.defect(
-                            "fold",
-                            paths.grads_dir(small),
-                            f"row {key} is not the fold of its v={parent} row (derived vectors inconsistent)",
-                        )
-                        break
-
-    def _parent_row(
-        self, project: Project, parent: str, key: tuple[str, int], by_v: dict[str, dict[tuple[str, int], np.ndarray]]
-    ) -> np.ndarray | None:
-        if key in by_v.get(parent, {}):
-            return by_v[parent][key]
-        for ref in project.live_files("grads", parent):
-            try:
-                t = pq.read_table(
-                    self.root / ref.path,
-                    columns=["sample_id", "t_idx", "vec"],
-                    filters=[("sample_id", "=", key[0]), ("t_idx", "=", key[1])],
-                )
-            except (OSError, pa.ArrowException, KeyError):
+            parents = [str(b) for b in numeric if b > small] + (["full"] if "full" in first else [])
+            if not parents:
                 continue
-            if len(t):
-                dim = t.schema.field("vec").type.list_size
-                return vec_values(t.column("vec")).reshape(-1, dim)[0].astype(np.float32)
-        return None
+            parent = parents[0]
+            keys, child = first[str(small)]
+            found = self._rows_of(project, parent, keys)
+            for i, key in enumerate(keys):
+                if key not in found:
+                    continue
+                src = torch.from_numpy(found[key])
+                if parent == "full":
+                    want = np.stack([comp.compress(row.double(), small).numpy() for row in src])
+                else:
+                    want = fold(src, small).numpy()
+                self.checked["fold_checks"] += 1
+                if not np.allclose(child[i], want, rtol=tol, atol=tol * max(1.0, float(np.abs(want).max()))):
+                    self.defect(
+                        "fold",
+                        paths.grads_dir(small),
+                        f"sample {key} is not the fold of its v={parent} rows (derived vectors inconsistent)",
+                    )
+                    break
+
+    def _rows_of(self, project: Project, v: str, keys: list[str]) -> dict[str, np.ndarray]:
+        """The (K, v) vectors of these samples at v, found by key in the live files."""
+        out: dict[str, np.ndarray] = {}
+        wanted = pa.array(keys, pa.string())
+        for ref in project.live_files("grads", v):
+            block = read_block(self.root / ref.path, "sample_id", project.identity.K)
+            at = pc.index_in(wanted, value_set=block.keys).to_numpy(zero_copy_only=False)
+            for key, pos in zip(keys, at, strict=True):
+                if pos == pos and key not in out:  # NaN: not in this file
+                    out[key] = np.asarray(block.vecs[int(pos)], np.float32)
+            if len(out) == len(keys):
+                break
+        return out
 
     def check_orphans(self, project: Project, entries: list[Entry]) -> None:
         named = {f.path for e in entries for f in e.files}

@@ -102,9 +102,13 @@ class State:
         were deleted (`upkeep.sweep_superseded`), and any left are older than the orphan grace, so `compact` sweeps
         them as unnamed files."""
         cutoff = datetime.fromisoformat(now).timestamp() - FORGET_SUPERSEDED_AFTER
-        self.superseded = {
-            p: (s, at) for p, (s, at) in self.superseded.items() if datetime.fromisoformat(at).timestamp() >= cutoff
-        }
+        old = []
+        for path, (_, at) in self.superseded.items():  # in the order they were superseded: the oldest come first
+            if datetime.fromisoformat(at).timestamp() >= cutoff:
+                break
+            old.append(path)
+        for path in old:
+            del self.superseded[path]
 
     def _add(self, live: Live) -> None:
         self.files[live.ref.path] = live

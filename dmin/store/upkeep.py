@@ -28,7 +28,6 @@ from collections.abc import Iterator
 from datetime import datetime
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from dmin.store import paths
 from dmin.store.manifest import Entry, FileRef, create_exclusive
@@ -58,7 +57,7 @@ def write_checkpoint(project: Project, seq: int) -> None:
     """Store the state at entry `seq` (put-if-absent: writers racing to it write the same bytes) and keep only the
     newest few."""
     state = project.state()
-    if state.seq != seq:  # another writer committed meanwhile; it writes the checkpoint of its own entries
+    if state.seq != seq or not seq:  # another writer committed meanwhile; it writes the checkpoint of its own
         return
     create_exclusive(project.root / checkpoint_name(seq), state.to_json(project.identity.hash()).encode())
     folder = project.root / paths.CHECKPOINTS
@@ -153,10 +152,11 @@ def _merge_plan(project: Project, table: str, v: str | None, everything: bool): 
 
 def _merged(project: Project, refs: list[FileRef]) -> pa.Table:
     """The live rows of `refs`, in commit order (grads keep each sample's K rows together)."""
+    from dmin.store.vectors import read_rows  # vectors imports project, as upkeep does: no cycle either way
+
     parts = []
     for ref in refs:
-        t = pq.read_table(project.checked(ref), memory_map=True)
         dead = project.dead_rows(ref) if ref.table in SAMPLE_KEYED else None
-        parts.append(t if dead is None else t.filter(pa.array(~dead)))
+        parts.append(read_rows(project.checked(ref), None if dead is None else ~dead))
     return pa.concat_tables(parts, promote_options="default").combine_chunks()
 
