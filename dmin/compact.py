@@ -6,7 +6,8 @@
    samples of a million cost seconds, not the hour a new graph takes); the entry supersedes the files it replaces.
    Killed before it is published, the project is as it was (plus unnamed staged files); after, it is the
    compacted one. Both are valid.
-2. Small files are merged, every tier at once (`store.upkeep`: OPTIMIZE, as table formats call it).
+2. Tiers of small files that filled up are merged (`store.upkeep`), as after any commit: the rewritten files are
+   smaller than the ones they replace.
 3. Then every superseded file (rewritten files, merged ones, earlier index builds, ...) is deleted, and so are
    unnamed files left by interrupted writes once older than `orphan_grace` seconds (younger ones may belong to a
    writer that is about to commit them). A kill here leaves files no reader uses; the next compact deletes them.
@@ -118,7 +119,7 @@ def compact(project: Project, orphan_grace: float = ORPHAN_GRACE) -> CompactRepo
     report.seq = entry.seq if entry else None
     if entry is None:
         report.rows_dropped, report.files_rewritten, report.indexes_erased = {}, 0, []
-    report.files_merged = sum(int(e.meta.get("files", 0)) for e in merge_small(project, everything=True))
+    report.files_merged = sum(int(e.meta.get("files", 0)) for e in merge_small(project))
     report.files_deleted, report.bytes_freed, report.orphans_kept = sweep(project, orphan_grace)
     write_checkpoint(project, project.state().seq)  # a project written before checkpoints gets its first here
     return report

@@ -87,6 +87,7 @@ class DemoReport:
     index: dict[str, Any]
     queries: list[dict[str, Any]] = field(default_factory=list)
     detection: dict[str, float] = field(default_factory=dict)
+    chance: float = 0.0  # the detection rate a random top-k would get on these queries, from the data's own mix
     sheets: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -96,6 +97,7 @@ class DemoReport:
             "index": self.index,
             "queries": self.queries,
             "detection": self.detection,
+            "chance": self.chance,
             "sheets": self.sheets,
         }
 
@@ -108,6 +110,17 @@ def detection_rate(results: list[QueryResult], wanted: list[Any], k: int, column
         hits += sum(1 for r in top if r.get(column) == want)
         total += len(top)
     return hits / max(1, total)
+
+
+def chance_rate(project: Project, wanted: list[Any], column: str = "label") -> float:
+    """The detection rate of a random top-k: for each query, the share of training samples whose `column` equals
+    the query's wanted value (0.1 only when the classes are balanced)."""
+    table = project.read_table("samples", columns=[column])
+    values = [] if table is None else [v if column != "label" else (None if v is None else int(v))
+                                       for v in table.column(column).to_pylist()]
+    if not values:
+        return 0.0
+    return sum(values.count(w) for w in wanted) / (len(values) * len(wanted))
 
 
 def _check_args(out: Path, limit: int | None, timesteps: int, k: int) -> None:
@@ -165,4 +178,5 @@ def run_demo(
             report.queries.append({"label": label, "seed": seed, **extra, **res.to_dict()})
     wanted, column = (styles, "subset") if lora else (labels, "label")
     report.detection = {f"top{kk}": detection_rate(results, wanted, kk, column) for kk in (1, 5, k)}
+    report.chance = chance_rate(project, wanted, column)
     return report

@@ -3,17 +3,20 @@
 
 Each measurement runs in its own process (so each peak RSS is its own), on the same data, after a warm-up pass:
   collect    the real path (prepare + collect, storage included) at the chosen --batch-size B (default: auto)
-  b1         the same at --batch-size 1 (one sample, its K timesteps, per pass)
-  example    one (sample, timestep) example per pass: the engine before batching (a K = 1 project, B = 1)
+  engine     the gradient engine alone (no project, no storage, no image decoding: each sample's x0 and condition
+             prepared before the clock starts), on the same samples × K timesteps three ways, timed pass by pass:
+               batched  B samples × K timesteps a pass (what collect runs)
+               b1       one sample, its K timesteps, a pass (--batch-size 1)
+               example  one (sample, timestep) a pass: the engine before batching (an engine per timestep, K = 1)
   training   a plain training step at the same B×K examples: forward + backward with the selected parameters
              requiring grad, no optimizer, no hooks — the reference for speed and memory
-Keys: sample-timesteps per second of each (`*_st_per_s`); batched_speedup = collect ÷ example (one forward and
-backward per (sample, timestep) was the engine this measures against); batched_speedup_vs_b1 = collect ÷ b1;
-vs_training = collect ÷ training; the memory passes add (CPU: the RSS high-water mark over warm-up and timed
-passes minus the RSS once the model, the compressor's kernel and Arrow are loaded; CUDA: max allocated) for collect
-and training, and the bound collect must stay
-under: training's + B×K × the largest selected parameter (float32) + the compressor's state. Measurements run in
-interleaved rounds (--rounds), best of each. Kept from earlier versions: collect_s_per_step, bare_s_per_step
+Keys: sample-timesteps per second (`*_st_per_s`); batched_speedup = engine batched ÷ engine example and
+batched_speedup_vs_b1 = engine batched ÷ engine b1 (the same examples, the same fixed costs: none); vs_training =
+collect ÷ training (the real path against a bare training step); the memory passes add (CPU: the RSS high-water mark
+over warm-up and timed passes minus the RSS once the model, the compressor's kernel and Arrow are loaded; CUDA: max
+allocated) for collect and training, and the bound collect must stay under: training's + B×K × the largest
+selected parameter (float32) + the compressor's state. Measurements run in interleaved rounds (--rounds): speeds are
+the best of each, memory figures the highest. Kept from earlier versions: collect_s_per_step, bare_s_per_step
 (= training), overhead_ratio, compression_share, peak_rss_mb, bare_peak_rss_mb, model_mb, grad_mb, peak_gpu_mb.
 
 Presets: digits (the bundled 652k-parameter DDPM), small (an SD-style UNet, ~80M), sd15, sdxl, sd3m, flux (real
@@ -250,12 +253,52 @@ def reset_peak_rss() -> float:
     return _status_mb("VmRSS")
 
 
+def engine_rates(setup, data: Path, count: int, B: int, sync) -> dict:  # type: ignore[no-untyped-def]
+    """Sample-timesteps per second of the gradient engine alone over the same `count` samples × K timesteps:
+    batched (B samples a pass), b1 (one sample a pass) and example (one (sample, timestep) a pass)."""
+    from dataclasses import replace
+
+    from dmin.collect import GradientEngine
+    from dmin.data import load_dataset
+    from dmin.models import Condition
+
+    fam, K = setup.family, setup.identity.K
+    prepared = []
+    for rec in load_dataset(data).records[: count + B]:  # B more: the warm-up pass
+        pixels = fam.pixels(rec.image())
+        prepared.append((fam.encode_image(pixels), fam.encode_condition(rec.caption, rec.label, pixels)))
+    warm, timed = prepared[:B], prepared[B:]
+
+    def passes(engine: GradientEngine, items: list, size: int) -> float:
+        engine.run(torch.cat([x for x, _ in warm[:size]]), Condition.cat([c for _, c in warm[:size]]))
+        sync()
+        start = time.perf_counter()
+        for lo in range(0, len(items), size):
+            part = items[lo : lo + size]
+            engine.run(torch.cat([x for x, _ in part]), Condition.cat([c for _, c in part]))
+        sync()
+        return time.perf_counter() - start
+
+    engine = GradientEngine(setup)
+    batched = passes(engine, timed, B)
+    b1 = passes(engine, timed, 1)
+    engine.close()
+    example = 0.0
+    for t in setup.identity.timesteps:  # one engine per timestep: each pass is one (sample, timestep) example
+        one = replace(setup, identity=replace(setup.identity, timesteps=(t,), t_indices=(0,)))
+        engine = GradientEngine(one)
+        example += passes(engine, timed, 1)
+        engine.close()
+    st = len(timed) * K
+    return {"engine_st_per_s": st / batched, "engine_b1_st_per_s": st / b1, "engine_example_st_per_s": st / example}
+
+
 def child(args: argparse.Namespace) -> dict:
     """One measurement in this process."""
     from dmin.collect import collect, prepare
 
     root = Path(args.root)
-    K = 1 if args.child == "example" else args.timesteps
+    K = args.timesteps
     lora = root / "lora" if (root / "lora").exists() else None
     setup = prepare(
         args.model, lora=lora, timesteps=K, vs=[str(args.v)], device=args.device, dtype=args.dtype,
@@ -312,14 +355,16 @@ def child(args: argparse.Namespace) -> dict:
             step()
         sync()
         out["st_per_s"] = steps * B * K / (time.perf_counter() - start)
+    elif args.child == "engine":
+        out.update(engine_rates(setup, root / "data", args.samples, int(args.batch), sync))
     else:
-        batch = {"collect": args.batch_size, "b1": "1", "example": "1"}[args.child]
+        batch = args.batch_size
         data = root / "data"
         # two whole passes first: the allocator, numba's threads and Arrow's pools reach their steady state
         warm_count = 2 * (int(batch) if str(batch).isdigit() else 1)
         warm = collect(root / f"warm-{args.child}", setup, data, limit=warm_count, batch_size=batch)
         sync()
-        count = args.samples if args.child == "collect" else max(2, args.samples // 4)
+        count = args.samples
         start = time.perf_counter()
         s = collect(root / f"proj-{args.child}", setup, data, limit=count, batch_size=batch)
         sync()
@@ -384,13 +429,15 @@ def main() -> None:
         modes = {
             "collect": {"samples": samples},
             "training": {"batch": B, "repeat": max(2, min(10, samples // B))},
-            "b1": {"samples": samples},
-            "example": {"samples": samples},
+            "engine": {"samples": samples, "batch": B},
         }
-        # Interleaved rounds, best of each: this machine's load changes by the minute, and a ratio of two
-        # measurements taken minutes apart measures the load instead.
+        # Interleaved rounds: this machine's load changes by the minute, and a ratio of two measurements taken
+        # minutes apart measures the load instead. Speeds: the best round's; memory: the highest round's.
         rounds = [{mode: run(mode, **kw) for mode, kw in modes.items()} for _ in range(args.rounds)]
-        runs = {mode: max((r[mode] for r in rounds), key=lambda m: m["st_per_s"]) for mode in modes}
+        best = {mode: max((r[mode] for r in rounds), key=lambda m: m["st_per_s"]) for mode in ("collect", "training")}
+        runs = {mode: {**m, **{k: max(r[mode][k] for r in rounds) for k in m if "rss" in k or "gpu" in k}}
+                for mode, m in best.items()}
+        eng = {k: max(r["engine"][k] for r in rounds) for k in rounds[0]["engine"] if k.endswith("_st_per_s")}
     c, tr = runs["collect"], runs["training"]
     R = B * args.timesteps
     n = c["n"]
@@ -407,11 +454,12 @@ def main() -> None:
         "batch_size": B,
         "examples_per_pass": R,
         "collect_st_per_s": c["st_per_s"],
-        "b1_st_per_s": runs["b1"]["st_per_s"],
-        "example_st_per_s": runs["example"]["st_per_s"],
+        "engine_st_per_s": eng["engine_st_per_s"],
+        "b1_st_per_s": eng["engine_b1_st_per_s"],
+        "example_st_per_s": eng["engine_example_st_per_s"],
         "training_st_per_s": tr["st_per_s"],
-        "batched_speedup": c["st_per_s"] / runs["example"]["st_per_s"],
-        "batched_speedup_vs_b1": c["st_per_s"] / runs["b1"]["st_per_s"],
+        "batched_speedup": eng["engine_st_per_s"] / eng["engine_example_st_per_s"],
+        "batched_speedup_vs_b1": eng["engine_st_per_s"] / eng["engine_b1_st_per_s"],
         "vs_training": c["st_per_s"] / tr["st_per_s"],
         "collect_s_per_step": 1 / c["st_per_s"],
         "bare_s_per_step": 1 / tr["st_per_s"],

@@ -109,9 +109,19 @@ class Env:
         self.data = tiny.digits_folder(root / "data", count=12)
         self.ref = root / "ref"
         start = time.perf_counter()
-        r = run(["collect", str(self.ref), "--model", str(self.model), "--data", str(self.data), *COLLECT])
-        self.collect_seconds = time.perf_counter() - start  # kill instants are drawn over a whole run
-        assert r.returncode == 0, r.stderr
+        proc = subprocess.Popen(
+            [*DMIN, "collect", str(self.ref), "--model", str(self.model), "--data", str(self.data), *COLLECT],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.first_commit_seconds = 0.0  # when the first entry appeared: kill instants are drawn from there on
+        while proc.poll() is None:
+            if not self.first_commit_seconds and (self.ref / "manifest" / "000000001.json").exists():
+                self.first_commit_seconds = time.perf_counter() - start
+            time.sleep(0.005)
+        self.collect_seconds = time.perf_counter() - start
+        assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
         self.ref_rows = snapshot(self.ref)
 
     def fresh(self, name: str) -> Path:
@@ -124,7 +134,11 @@ class Env:
 
 
 def kill_collect(env: Env, trials: int, rng: random.Random) -> dict[str, Any]:
-    passed, fails = 0, []
+    """Kill instants drawn over [half the time to the reference run's first commit, its end]; where each kill
+    landed is read off the killed project: before its first commit, after some commits (inside the run), or after
+    every sample was committed."""
+    passed, fails, landed = 0, [], Counter()
+    total = len({sid for _, sid, _ in env.ref_rows})
     for trial in range(trials):
         project = env.fresh(f"kill{trial}")
         proc = subprocess.Popen(
@@ -132,10 +146,13 @@ def kill_collect(env: Env, trials: int, rng: random.Random) -> dict[str, Any]:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        time.sleep(rng.uniform(0.1, env.collect_seconds))
+        time.sleep(rng.uniform(env.first_commit_seconds / 2, env.collect_seconds))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         ok = True
+        committed = len(Project.open(project).sample_ids()) if Project.exists(project) else 0
+        landed["before the first commit" if not committed else "after every sample" if committed >= total
+               else "after a first commit, before the last"] += 1
         if Project.exists(project):
             ok &= verify(project, deep=True).healthy
         r = env.collect(project)
@@ -149,7 +166,12 @@ def kill_collect(env: Env, trials: int, rng: random.Random) -> dict[str, Any]:
         if not ok:
             fails.append(f"trial {trial}")
         shutil.rmtree(project, ignore_errors=True)
-    return {"trials": trials, "passed": passed, "detail": fails[:5] or "identical to an uninterrupted run"}
+    return {
+        "trials": trials,
+        "passed": passed,
+        "landed": dict(landed),
+        "detail": fails[:5] or "identical to an uninterrupted run",
+    }
 
 
 def kill_other(env: Env, trials: int, rng: random.Random) -> dict[str, Any]:
@@ -234,6 +256,7 @@ DRIVER = textwrap.dedent("""
     Project.open({root!r}).read_table("samples")  # warm: imports and first reads happen before the clock starts
     print("ready", flush=True)
     sys.stdin.readline()
+    print("start", flush=True)
     start = time.perf_counter()
     p = Project.open({root!r})
     if {kind!r} == "forget":
@@ -244,11 +267,12 @@ DRIVER = textwrap.dedent("""
 """)
 
 
-def _drive(kind: str, project: Path, kill_after: float | None) -> tuple[float, bool]:
+def _drive(kind: str, project: Path, kill_after: float | None) -> tuple[float, str]:
     """Run a forget or compact in a process that has imported dmin and read the project already, so the kill lands
-    in the operation itself; kill -9 it `kill_after` seconds after it starts (None: let it finish). Returns the
-    operation's seconds (as the process measured it; when killed, until the kill) and whether the kill interrupted
-    it (False: it had finished first)."""
+    in the operation itself; kill -9 it `kill_after` seconds after it is told to go (None: let it finish). Returns
+    the operation's seconds (as the process measured it; when killed, until the kill) and where the kill landed, as
+    the process reported it on stdout: "before" the operation started, "inside" it, "after" it ended (or
+    "uninterrupted")."""
     proc = subprocess.Popen(
         [sys.executable, "-c", DRIVER.format(repo=str(REPO), root=str(project), kind=kind, glob=FORGET)],
         stdin=subprocess.PIPE,
@@ -260,13 +284,14 @@ def _drive(kind: str, project: Path, kill_after: float | None) -> tuple[float, b
     proc.stdin.write("go\n")
     proc.stdin.flush()
     if kill_after is None:
-        line = proc.stdout.readline()
+        lines = proc.stdout.read().split()
         proc.wait()
-        return float(line.split()[1]), False
+        return float(lines[-1]), "uninterrupted"
     time.sleep(kill_after)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    return kill_after, proc.returncode == -signal.SIGKILL
+    said = proc.stdout.read()  # what the process had reported before it died stays in the pipe
+    return kill_after, "after" if "done" in said else "inside" if "start" in said else "before"
 
 
 def _op_seconds(kind: str, base: Path, env: Env, runs: int = 3) -> float:
@@ -283,8 +308,8 @@ def _killed_copy(kind: str, base: Path, env: Env, kill_after: float, states: Cou
     """A fresh copy of base with a `kind` run on it killed after `kill_after` s; counts whether the kill landed."""
     project = env.fresh(f"{kind}-trial")
     shutil.copytree(base, project)
-    _, interrupted = _drive(kind, project, kill_after)
-    states["interrupted" if interrupted else "finished first"] += 1
+    _, landed = _drive(kind, project, kill_after)
+    states[f"kill {landed} the operation"] += 1
     return project
 
 

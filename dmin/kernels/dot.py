@@ -2,7 +2,9 @@
 
 The values of a Parquet page start wherever the page header and levels end, so a mapped float32 view is often not
 4-byte aligned; numpy then refuses BLAS and falls back to a loop ~5× slower. This kernel reads unaligned memory at
-full speed (x86 and ARM load unaligned floats natively), accumulates in float64, and splits rows across threads.
+full speed (x86 and ARM load unaligned floats natively) and splits rows across threads. It sums runs of 256 values
+in float32 (eight SIMD lanes under fastmath; the scan is then memory-bound, as numpy's BLAS scan of the same vectors
+in memory is) and the runs in float64, so the relative error stays ~1e-7 however long the vectors are.
 """
 
 from __future__ import annotations
@@ -10,17 +12,23 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+_RUN = 256  # values summed in float32 before the float64 total: relative error ~1e-7 per run
+
 
 @njit(cache=True, nogil=True, parallel=True, fastmath=True)
 def _row_dots(vecs, rows, query, out):  # pragma: no cover - compiled
     _, K, dim = vecs.shape
+    step = min(dim, _RUN)
     for r in prange(rows.shape[0]):
         i = rows[r]
         for k in range(K):
-            acc = 0.0
-            for j in range(dim):
-                acc += np.float64(vecs[i, k, j]) * np.float64(query[k, j])
-            out[r, k] = acc
+            total = 0.0
+            for lo in range(0, dim, step):
+                acc = np.float32(0.0)  # eight float32 lanes (fastmath): twice float64's, and the run stays short
+                for j in range(lo, lo + step):
+                    acc += vecs[i, k, j] * query[k, j]
+                total += np.float64(acc)
+            out[r, k] = total
 
 
 def timestep_dots(vecs: np.ndarray, query: np.ndarray) -> np.ndarray:

@@ -20,7 +20,7 @@ from dmin.store.paths import TMP_PREFIX
 
 _GROUP_BYTES = 1 << 30
 _CHUNK = 1 << 22
-_SMALL_GROUP_ROWS = 4096
+_SMALL_GROUP_ROWS = 1024
 
 
 def fsync_dir(path: Path) -> None:
@@ -66,7 +66,7 @@ def write_parquet_atomic(path: Path, table: pa.Table) -> str:
     # row, and readers join them (a copy; v=full serves exact checks, not browsing).
     row_bytes = sum(table.column(c).type.list_size * 4 for c in vec_cols)
     one_page = row_bytes <= _GROUP_BYTES
-    # Tables without vectors: row groups of 4096 rows, whose row_id statistics let a reader fetch a few rows by id
+    # Tables without vectors: row groups of 1024 rows, whose row_id statistics let a reader fetch a few rows by id
     # (a query's top-k metadata) without decoding the rest.
     group_rows = max(1, min(len(table), _GROUP_BYTES // row_bytes if row_bytes else _SMALL_GROUP_ROWS))
     checksum = ""

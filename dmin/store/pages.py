@@ -147,6 +147,8 @@ def _plain_values(path: Path, column: str) -> tuple[np.ndarray, int]:
             reader = _Compact(buf, pos)
             header = reader.struct()
             body = reader.pos
+            if any(fid > 8 for fid in header):  # PageHeader has fields 1–8: anything else is damage
+                raise _Unsupported("unknown page header field")
             kind, length = _int(header, 1), _int(header, 3)
             if _int(header, 2) != length:
                 raise _Unsupported("compressed page")
@@ -172,7 +174,7 @@ def _plain_values(path: Path, column: str) -> tuple[np.ndarray, int]:
             pieces.append(np.frombuffer(mm, dtype=dtype, count=n, offset=start))
             count += n
             pos = body + length
-        if count != meta.num_values:
+        if count != meta.num_values or pos != end:  # a damaged header that parsed would shift every value
             raise _Unsupported("pages do not add up to the column chunk")
     total = sum(p.size for p in pieces)
     if total != pf.metadata.num_rows * dim:

@@ -10,8 +10,8 @@ after a write (Delta Lake's checkpoints and auto-compaction, Iceberg's rewrite o
   table (and v, and data root) share a tier, the oldest `FANIN` are rewritten as one, without the rows of forgotten
   samples, by an ordinary commit (kind `merge`) that supersedes them. A row is rewritten about once per tier it
   climbs (~4 times from a 64-sample commit to a 256 MB file) and a table holds at most ~FANIN files per tier;
-  files of `FINAL_BYTES` or more are left as they are. `compact` merges every tier at once (`merge_small(...,
-  everything=True)`);
+  files of `FINAL_BYTES` or more are left as they are (`merge_small(..., everything=True)` merges every group of
+  small files at once, for tools);
 - files superseded more than `ORPHAN_GRACE` ago (by a merge, a compact or a newer index build) are deleted: a
   reader plans against a snapshot and opens its files within seconds, far less than that.
 

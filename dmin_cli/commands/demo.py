@@ -64,9 +64,9 @@ def demo_cmd(
     )
     render.out.print(f"contact sheets: {Path(report.sheets[0]).parent}/")
     det = report.detection
-    what, chance = ("subset (as drawn / inverted)", "0.5") if lora else ("class", "0.100")
+    what = "subset (as drawn / inverted)" if lora else "class"
     render.out.print(
         f"detection rate (top-k samples of the generated digit's {what}): top-1 {det['top1']:.3f}, "
         f"top-5 {det['top5']:.3f}, top-{k} {det[f'top{k}']:.3f} over {len(report.queries)} generated "
-        f"digits (random: {chance})"
+        f"digits (random: {report.chance:.3f})"
     )
