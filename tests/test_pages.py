@@ -77,6 +77,15 @@ def test_unaligned_views_score_like_aligned_copies(tmp_path: Path) -> None:
         np.testing.assert_allclose(timestep_dots(view, q), want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("dim", [255, 256, 600, 1000])
+def test_long_vectors_sum_every_value_once(dim: int) -> None:
+    """Runs of 256 in float32: a length that is not a multiple of the run ends inside the vector, never past it."""
+    x = np.random.default_rng(5).standard_normal((4, 2, dim)).astype(np.float32)
+    q = np.random.default_rng(6).standard_normal((2, dim)).astype(np.float32)
+    want = np.einsum("nkd,kd->nk", x.astype(np.float64), q.astype(np.float64))
+    np.testing.assert_allclose(timestep_dots(x, q), want, rtol=1e-5, atol=1e-4)
+
+
 def test_damaged_page_headers_never_hang_or_crash(tmp_path: Path) -> None:
     table, vecs = vec_table(30, 16)
     good = tmp_path / "good.parquet"

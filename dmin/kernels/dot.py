@@ -25,7 +25,7 @@ def _row_dots(vecs, rows, query, out):  # pragma: no cover - compiled
             total = 0.0
             for lo in range(0, dim, step):
                 acc = np.float32(0.0)  # eight float32 lanes (fastmath): twice float64's, and the run stays short
-                for j in range(lo, lo + step):
+                for j in range(lo, min(lo + step, dim)):
                     acc += vecs[i, k, j] * query[k, j]
                 total += np.float64(acc)
             out[r, k] = total
