@@ -31,6 +31,7 @@ _LAZY = {
     "QuerySpec": "dmin.query",
     "connect": "dmin.store.catalog",
     "build_index": "dmin.index",
+    "build_preconditioner": "dmin.precondition",
     "IndexParams": "dmin.index",
     "verify": "dmin.verify",
     "project_info": "dmin.info",
@@ -43,6 +44,7 @@ __all__ = [
     "QuerySpec",
     "__version__",
     "build_index",
+    "build_preconditioner",
     "collect",
     "connect",
     "fold",
@@ -58,6 +60,7 @@ if TYPE_CHECKING:
     from dmin.compress import Compressor, fold
     from dmin.index import IndexParams, build_index
     from dmin.info import project_info
+    from dmin.precondition import build_preconditioner
     from dmin.query import QuerySpec, open_for_query, run_query
     from dmin.store.catalog import connect
     from dmin.verify import verify

@@ -31,6 +31,8 @@ import pyarrow as pa
 
 from dmin.errors import UsageError
 from dmin.index import current_index, erase, live_row_mask
+from dmin.precondition import current as current_preconditioner
+from dmin.precondition import erase_forgotten
 from dmin.store import paths
 from dmin.store.manifest import FileRef
 from dmin.store.project import SAMPLE_KEYED, Commit, Project, Stage
@@ -46,6 +48,7 @@ class CompactReport:
     rows_dropped: dict[str, int] = field(default_factory=dict)
     files_rewritten: int = 0
     indexes_erased: list[str] = field(default_factory=list)  # v's whose graph had forgotten vectors overwritten
+    preconditioners_updated: list[str] = field(default_factory=list)  # v's whose Gram had forgotten samples taken out
     files_merged: int = 0  # small files merged into larger ones (`store.upkeep`)
     files_deleted: int = 0
     bytes_freed: int = 0
@@ -61,7 +64,7 @@ def compact(project: Project, orphan_grace: float = ORPHAN_GRACE) -> CompactRepo
     if orphan_grace < 0:
         raise UsageError(f"--orphan-grace {orphan_grace:g}: expected seconds ≥ 0 (0 when no other dmin is writing)")
     report = CompactReport()
-    builds: dict[tuple[str, str, frozenset[str]], tuple[Path, list[tuple[str, Path]], dict[str, Any]] | None] = {}
+    builds: dict[tuple[Any, ...], tuple[Path, list[tuple[str, Path]], dict[str, Any]] | None] = {}
 
     def plan(stage: Stage) -> Commit | None:
         files: list[FileRef] = []
@@ -93,7 +96,7 @@ def compact(project: Project, orphan_grace: float = ORPHAN_GRACE) -> CompactRepo
             idx = current_index(project, v) if v != "full" else None
             if idx is None:
                 continue
-            key = (v, idx.files["index_meta"].path, project.liveness().forgotten)  # a new forget meanwhile: again
+            key: tuple[Any, ...] = (v, idx.files["index_meta"].path, project.liveness().forgotten)  # new forget: again
             if key not in builds:
                 builds[key] = erase(project, idx, live)
             build = builds[key]
@@ -102,11 +105,30 @@ def compact(project: Project, orphan_grace: float = ORPHAN_GRACE) -> CompactRepo
             files += [stage.adopt((*key, t), t, v, path) for t, path in build[1]]
             supersedes += [f.path for f in idx.files.values()]
             erased.append(v)
+        updated = []
+        for v in project.identity.vs:
+            pre = current_preconditioner(project, v) if v != "full" else None
+            if pre is None:
+                continue
+            key = ("pre", v, pre.files["precondition_meta"].path, project.liveness().forgotten)
+            if key not in builds:
+                builds[key] = erase_forgotten(project, pre)
+            build = builds[key]
+            if build is None:
+                continue
+            files += [stage.adopt((*key, t), t, v, path) for t, path in build[1]]
+            supersedes += [f.path for f in pre.files.values()]
+            updated.append(v)
         if not supersedes and not clean:
             return None
-        report.rows_dropped, report.indexes_erased = dict(dropped), erased
-        report.files_rewritten = len(files) - 3 * len(erased)  # an index build is three files
-        meta: dict[str, Any] = {"rows_dropped": dict(dropped), "indexes_erased": erased, "clean": clean}
+        report.rows_dropped, report.indexes_erased, report.preconditioners_updated = dict(dropped), erased, updated
+        report.files_rewritten = len(files) - 3 * len(erased) - 4 * len(updated)  # builds: three and four files
+        meta: dict[str, Any] = {
+            "rows_dropped": dict(dropped),
+            "indexes_erased": erased,
+            "preconditioners_updated": updated,
+            "clean": clean,
+        }
         if roots:
             meta["data_roots"] = roots
         return Commit("compact", files, meta, supersedes)
@@ -119,6 +141,7 @@ def compact(project: Project, orphan_grace: float = ORPHAN_GRACE) -> CompactRepo
     report.seq = entry.seq if entry else None
     if entry is None:
         report.rows_dropped, report.files_rewritten, report.indexes_erased = {}, 0, []
+        report.preconditioners_updated = []
     report.files_merged = sum(int(e.meta.get("files", 0)) for e in merge_small(project))
     report.files_deleted, report.bytes_freed, report.orphans_kept = sweep(project, orphan_grace)
     write_checkpoint(project, project.state().seq)  # a project written before checkpoints gets its first here
@@ -165,8 +188,9 @@ def sweep(project: Project, orphan_grace: float = ORPHAN_GRACE) -> tuple[int, in
             delete(path)
         else:
             kept.append(path.relative_to(project.root).as_posix())
-    index = project.root / "index"  # build folders emptied above; no writer reuses one (other folders may be in use)
-    for build in index.glob("v=*/b*") if index.is_dir() else ():
-        if build.is_dir() and not any(build.iterdir()):
-            build.rmdir()
+    for top in ("index", "precondition"):  # build folders emptied above; no writer reuses one
+        folder = project.root / top
+        for build in folder.glob("v=*/*") if folder.is_dir() else ():
+            if build.is_dir() and not any(build.iterdir()):
+                build.rmdir()
     return deleted, freed, kept

@@ -66,6 +66,24 @@ class IndexState:
     graph_v: int | None
 
 
+@dataclass(frozen=True)
+class PreconditionerState:
+    """The current preconditioner of one v: fresh when its Gram sums exactly the live samples."""
+
+    v: str
+    state: str
+    samples: int
+    missing: int
+    lambda_: float
+    built_at: str
+    bytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["lambda"] = out.pop("lambda_")
+        return out
+
+
 @dataclass
 class ProjectInfo:
     project: str
@@ -77,6 +95,7 @@ class ProjectInfo:
     forgotten: int = 0
     vs: list[StoredV] = field(default_factory=list)
     indexes: list[IndexState] = field(default_factory=list)
+    preconditioners: list[PreconditionerState] = field(default_factory=list)
     queries: int = 0
     results: int = 0
     commits: int = 0
@@ -84,7 +103,9 @@ class ProjectInfo:
     bytes: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        out["preconditioners"] = [p.to_dict() for p in self.preconditioners]
+        return out
 
 
 def _distinct(project: Project, table: str, column: str) -> int:
@@ -111,6 +132,26 @@ def _index_state(project: Project, v: str) -> IndexState | None:
         m=idx.meta.get("m"),
         ef_construction=idx.meta.get("ef_construction"),
         graph_v=idx.meta.get("graph_v"),
+    )
+
+
+def _preconditioner_state(project: Project, v: str) -> PreconditionerState | None:
+    if not project.live_files("precondition_meta", v):
+        return None  # most projects have none: skip importing the module
+    from dmin.precondition import current, stale_count
+
+    pre = current(project, v)
+    if pre is None:
+        return None
+    missing = stale_count(project, pre)
+    return PreconditionerState(
+        v=v,
+        state="stale" if missing else "fresh",
+        samples=len(pre.held),
+        missing=missing,
+        lambda_=float(pre.meta["lambda"]),
+        built_at=project.live(pre.files["precondition_meta"].path).created_at,
+        bytes=sum(f.bytes for f in pre.files.values()),
     )
 
 
@@ -142,6 +183,7 @@ def project_info(root: str | Path) -> ProjectInfo:
             )
         )
     indexes = [s for v in ident.vs if v != "full" and (s := _index_state(project, v)) is not None]
+    pres = [p for v in ident.vs if v != "full" and (p := _preconditioner_state(project, v)) is not None]
     return ProjectInfo(
         project=str(project.root),
         schema_version=ident.schema_version,
@@ -152,6 +194,7 @@ def project_info(root: str | Path) -> ProjectInfo:
         failures=_distinct(project, "failures", "source"),
         vs=vs,
         indexes=indexes,
+        preconditioners=pres,
         queries=_distinct(project, "queries", "query_id"),
         results=sum(f.rows for f in project.live_files("results")),
         commits=state.seq,

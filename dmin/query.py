@@ -23,6 +23,7 @@ from dmin.data import read_jsonl
 from dmin.errors import DataError, DminError, UsageError
 from dmin.index import current_index, knn, stale_count
 from dmin.models import StepCallback, check_condition
+from dmin.precondition import for_query
 from dmin.score import exact_scores
 from dmin.store import Project, paths
 from dmin.store.atomic import write_atomic
@@ -149,8 +150,10 @@ def run_query(
     ef: int = 100,
     allow_stale: bool = False,
     on_step: StepCallback | None = None,
+    precondition: bool = False,
 ) -> QueryResult:
-    """Attribute one query; `on_step(done, total)` follows image generation when the spec asks for it."""
+    """Attribute one query; `on_step(done, total)` follows image generation when the spec asks for it.
+    `precondition` scores with the project's preconditioner for v (`dmin.precondition`)."""
     v = _check(project, k, v, method)
     image, image_path = _query_image(project, setup, spec, on_step)
     buf = io.BytesIO()
@@ -160,7 +163,9 @@ def run_query(
     if image_path is None and spec.seed is not None:
         image_path = _save_generated(project, query_id, image)
     vecs, norms, losses = query_gradients(setup, image, spec.prompt, spec.label)
-    return attribute(project, query_id, spec, vecs, norms, losses, image_path, k, v, method, ef, allow_stale)
+    return attribute(
+        project, query_id, spec, vecs, norms, losses, image_path, k, v, method, ef, allow_stale, precondition
+    )
 
 
 def _check(project: Project, k: int, v: str | None, method: str) -> str:
@@ -188,14 +193,20 @@ def attribute(
     method: str = "auto",
     ef: int = 100,
     allow_stale: bool = False,
+    precondition: bool = False,
 ) -> QueryResult:
     """Everything a query does once it has its gradients (v → (K, dim) vectors, with their norms and losses):
-    score every live sample exactly or search the index, read the top-k's metadata, commit the query."""
+    score every live sample exactly or search the index, read the top-k's metadata, commit the query. With
+    `precondition`, the query's vectors at v are multiplied by the preconditioner first (method `exact+pre` or
+    `knn+pre`); the stored query vectors stay the raw ones."""
     v = _check(project, k, v, method)
+    if precondition and v == "full":
+        raise UsageError("v=full has no preconditioner; pass a compressed --v")
+    pre = for_query(project, v, allow_stale) if precondition else None
     if not np.isfinite(norms).all():
         raise DataError("the query's gradient is not finite; check the image and the model weights")
     vecs = complete(vecs, [v], project.identity)  # the commit then derives only the other stored v's
-    q = vecs[v]
+    q = pre.apply(project, vecs[v]) if pre is not None else vecs[v]
     idx = current_index(project, v) if v != "full" else None
     use = method
     if method == "auto":
@@ -208,6 +219,8 @@ def attribute(
         scores = exact_scores(project, v, q)
         top = scores.top(k)
         ids, totals, per_t = scores.ids_at(top), scores.total[top], scores.per_t[top]
+    if pre is not None:
+        use += "+pre"
     meta = _sample_meta(project, ids)
     results = []
     for rank, (sid, score, row) in enumerate(zip(ids, totals, per_t, strict=True), 1):

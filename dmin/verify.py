@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from dmin.errors import DminError
 from dmin.findings import Finding, Findings
 from dmin.index import verify_indexes
+from dmin.precondition import check_preconditioners
 from dmin.store import paths
 from dmin.store.atomic import file_checksum
 from dmin.store.identity import Identity
@@ -84,6 +85,7 @@ class _Verifier(Findings):
             ("files", lambda: self.check_files(ident, refs)),
             ("complete", lambda: self.check_complete(project, ident)),
             ("index", lambda: verify_indexes(project, self)),
+            ("precondition", lambda: check_preconditioners(project, self)),
             ("forgotten", lambda: self.check_forgotten(project)),
             ("checkpoint", lambda: self.check_checkpoints(project)),
         ]

@@ -25,6 +25,7 @@ from dmin_cli.commands import (
     index,
     info,
     merge,
+    precondition,
     query,
     roots,
     sql,
@@ -48,6 +49,7 @@ app = typer.Typer(
 app.command("collect", epilog=collect.EXAMPLES)(collect.collect_cmd)
 app.command("compress", epilog=compress.EXAMPLES)(compress.compress_cmd)
 app.command("index", epilog=index.EXAMPLES)(index.index_cmd)
+app.command("precondition", epilog=precondition.EXAMPLES)(precondition.precondition_cmd)
 app.command("query", epilog=query.EXAMPLES)(query.query_cmd)
 app.command("sql", epilog=sql.EXAMPLES)(sql.sql_cmd)
 app.command("verify", epilog=verify.EXAMPLES)(verify.verify_cmd)

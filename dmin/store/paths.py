@@ -11,7 +11,7 @@ TMP_PREFIX = ".tmp-"
 TABLES = ("samples", "queries", "results", "failures")
 TOMBSTONES = "tombstones"
 # Folders that hold committed files (and, after an interrupted write, unnamed ones that `compact` sweeps).
-DATA_DIRS = ("samples", "grads", "queries", "results", "failures", "index", TOMBSTONES)
+DATA_DIRS = ("samples", "grads", "queries", "results", "failures", "index", "precondition", TOMBSTONES)
 # An unnamed file under a data folder is swept by `compact` only once older than this: far longer than a writer
 # takes from staging its files to publishing its entry.
 ORPHAN_GRACE = 600.0  # seconds
@@ -34,6 +34,11 @@ def query_grads_dir(v: int | str) -> str:
 def index_dir(v: int | str, build: int, token: str) -> str:
     """One index build's folder; the token keeps two racing builds of the same number apart."""
     return f"index/v={v_name(v)}/b{build:06d}-{token}"
+
+
+def precondition_dir(v: int | str, token: str) -> str:
+    """One preconditioner build's folder (`dmin.precondition`)."""
+    return f"precondition/v={v_name(v)}/{token}"
 
 
 def build_of(path: str) -> int:

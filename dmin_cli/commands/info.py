@@ -57,3 +57,10 @@ def info_cmd(project: ProjectArg, json_out: JsonOpt = False) -> None:
             state += f" (misses {i.missing:,})"
         rows.append((s.v, s.origin, f"{s.samples:,}", f"{s.rows:,}", _size(s.bytes), state))
     render.table(None, ["v", "origin", "samples", "rows", "on disk", "index"], rows)
+    for p in info.preconditioners:
+        missing = f" (misses or holds {p.missing:,} changed)" if p.missing else ""
+        render.out.print(
+            f"preconditioner v={p.v}: {p.state}, {p.samples:,} samples, λ={p.lambda_:g}, {_size(p.bytes)}{missing}",
+            highlight=False,
+            markup=False,
+        )

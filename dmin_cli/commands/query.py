@@ -39,7 +39,12 @@ def query_cmd(
     exact: bool = typer.Option(False, "--exact", help="Score every sample exactly."),
     knn_opt: bool = typer.Option(False, "--knn", help="Use the HNSW index."),
     ef: int = typer.Option(100, "--ef", help="HNSW search beam width."),
-    allow_stale: bool = typer.Option(False, "--allow-stale", help="Use an index that misses new samples."),
+    allow_stale: bool = typer.Option(
+        False, "--allow-stale", help="Use an index (or preconditioner) that misses new samples."
+    ),
+    precondition: bool = typer.Option(
+        False, "--precondition", help="Score through the preconditioner `dmin precondition` built for this v."
+    ),
     sheet: str | None = typer.Option(
         None,
         "--sheet",
@@ -92,6 +97,7 @@ def query_cmd(
                 method=method,
                 ef=ef,
                 allow_stale=allow_stale,
+                precondition=precondition,
                 on_step=functools.partial(_generation_step, bar, task),
             )
             results.append(res)
