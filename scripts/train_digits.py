@@ -33,25 +33,38 @@ def train(
     steps: int,
     batch: int,
     max_lr: float,
+    removed: torch.Tensor | None = None,
+    log: bool = True,
 ) -> None:
     """The epsilon-prediction loss on random batches, AdamW with a one-cycle schedule; fixed seeds, so a rerun
-    reproduces the weights (scripts/train_digits_lora.py trains its adapter with the same loop)."""
+    reproduces the weights (scripts/train_digits_lora.py trains its adapter with the same loop).
+
+    `removed` (a bool mask over x) retrains without those samples for the counterfactual test
+    (scripts/eval_counterfactual.py): every batch, noise and timestep is drawn exactly as over the full set and the
+    removed items are then skipped, so a retrain differs from the original only by what was removed (re-indexing
+    the shrunken set would change every later draw)."""
     opt = torch.optim.AdamW(params, lr=max_lr)
     lr = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=steps, pct_start=0.1)
     gen = torch.Generator().manual_seed(0)
     start = time.time()
     for step in range(steps):
         idx = torch.randint(0, len(x), (batch,), generator=gen)
-        x0, labels = x[idx], y[idx]
-        noise = torch.randn(x0.shape, generator=gen)
+        noise = torch.randn((batch, *x.shape[1:]), generator=gen)
         t = torch.randint(0, sched.config.num_train_timesteps, (batch,), generator=gen)
+        if removed is not None:
+            keep = ~removed[idx]
+            if not keep.any():
+                lr.step()  # the schedule stays aligned with the original run's
+                continue
+            idx, noise, t = idx[keep], noise[keep], t[keep]
+        x0, labels = x[idx], y[idx]
         pred = unet(sched.add_noise(x0, noise, t), t, class_labels=labels).sample
         loss = torch.nn.functional.mse_loss(pred, noise)
         opt.zero_grad()
         loss.backward()
         opt.step()
         lr.step()
-        if step % 100 == 0:
+        if log and step % 100 == 0:
             print(f"step {step} loss {loss.item():.4f} {time.time() - start:.0f}s", flush=True)
 
 
@@ -61,8 +74,17 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--batch", type=int, default=64)
     args = ap.parse_args()
-    torch.manual_seed(0)
     x, y = digits_tensor()
+    unet, sched = new_model()
+    start = time.time()
+    train(unet, sched, list(unet.parameters()), x, y, args.steps, args.batch, max_lr=2e-3)
+    DDPMPipeline(unet=unet, scheduler=sched).save_pretrained(args.out, safe_serialization=True)
+    print(f"saved {args.out} ({sum(p.numel() for p in unet.parameters())} parameters, {time.time() - start:.0f}s)")
+
+
+def new_model() -> tuple[UNet2DModel, DDPMScheduler]:
+    """The demo's UNet, initialised from seed 0, and its training schedule."""
+    torch.manual_seed(0)
     unet = UNet2DModel(
         sample_size=16,
         in_channels=1,
@@ -74,11 +96,7 @@ def main() -> None:
         norm_num_groups=8,
         num_class_embeds=10,
     )
-    sched = DDPMScheduler(num_train_timesteps=200, beta_schedule="squaredcos_cap_v2")
-    start = time.time()
-    train(unet, sched, list(unet.parameters()), x, y, args.steps, args.batch, max_lr=2e-3)
-    DDPMPipeline(unet=unet, scheduler=sched).save_pretrained(args.out, safe_serialization=True)
-    print(f"saved {args.out} ({sum(p.numel() for p in unet.parameters())} parameters, {time.time() - start:.0f}s)")
+    return unet, DDPMScheduler(num_train_timesteps=200, beta_schedule="squaredcos_cap_v2")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import torch
-from diffusers import DDPMPipeline
+from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
 from safetensors.torch import save_file
 from train_digits import train  # the script's own folder is on sys.path
@@ -33,28 +33,43 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--rank", type=int, default=8)
     args = ap.parse_args()
-    torch.manual_seed(0)
-    pipe = DDPMPipeline.from_pretrained(MODEL, use_safetensors=True)
-    unet, sched = pipe.unet, pipe.scheduler
-    unet.requires_grad_(False)
-    config = LoraConfig(r=args.rank, lora_alpha=args.rank, target_modules=TARGETS, init_lora_weights=True)
-    inject_adapter_in_model(config, unet, adapter_name="default")
-    params = [p for n, p in unet.named_parameters() if "lora_" in n]
-    for p in params:
-        p.requires_grad_(True)
+    unet, sched, params = new_lora(args.rank)
     samples = lora_samples()
     x = torch.stack([torch.from_numpy(digit_pixels(i, sub == "inverted")).float() / 127.5 - 1 for i, _, sub in samples])
     x = x.unsqueeze(1)
     y = torch.tensor([label for _, label, _ in samples])
     start = time.time()
     train(unet, sched, params, x, y, args.steps, args.batch, max_lr=3e-3)
-    state = {f"unet.{k}": v.contiguous() for k, v in get_peft_model_state_dict(unet, adapter_name="default").items()}
-    out = Path(args.out)
+    n = save_lora(unet, Path(args.out), args.rank)
+    print(f"saved {args.out} ({n} parameters, {time.time() - start:.0f}s)")
+
+
+def new_lora(rank: int = 8) -> tuple[UNet2DModel, DDPMScheduler, list[torch.nn.Parameter]]:
+    """The bundled base UNet, frozen, with a fresh LoRA (seed 0) on TARGETS; returns the adapter's parameters."""
+    torch.manual_seed(0)
+    pipe = DDPMPipeline.from_pretrained(MODEL, use_safetensors=True)
+    unet, sched = pipe.unet, pipe.scheduler
+    unet.requires_grad_(False)
+    config = LoraConfig(r=rank, lora_alpha=rank, target_modules=TARGETS, init_lora_weights=True)
+    inject_adapter_in_model(config, unet, adapter_name="default")
+    params = [p for n, p in unet.named_parameters() if "lora_" in n]
+    for p in params:
+        p.requires_grad_(True)
+    return unet, sched, params
+
+
+def lora_state(unet: UNet2DModel) -> dict[str, torch.Tensor]:
+    """The adapter's tensors under diffusers' key names (`unet.<module>.lora_A/B.weight`)."""
+    return {f"unet.{k}": v.contiguous() for k, v in get_peft_model_state_dict(unet, adapter_name="default").items()}
+
+
+def save_lora(unet: UNet2DModel, out: Path, rank: int = 8) -> int:
+    """Write the adapter as pytorch_lora_weights.safetensors with its rank and alpha; returns its parameter count."""
+    state = lora_state(unet)
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"lora_adapter_metadata": json.dumps({"r": args.rank, "lora_alpha": args.rank, "target_modules": TARGETS})}
+    meta = {"lora_adapter_metadata": json.dumps({"r": rank, "lora_alpha": rank, "target_modules": TARGETS})}
     save_file(state, str(out / "pytorch_lora_weights.safetensors"), metadata=meta)
-    n = sum(v.numel() for v in state.values())
-    print(f"saved {out} ({len(state)} tensors, {n} parameters, {time.time() - start:.0f}s)")
+    return sum(v.numel() for v in state.values())
 
 
 if __name__ == "__main__":
