@@ -18,7 +18,8 @@ from dmin_cli.app import app, error_line
 REPO = Path(__file__).resolve().parents[1]
 DMIN = [sys.executable, "-m", "dmin_cli"]
 COMMANDS = [
-    "collect", "compact", "compress", "demo", "forget", "index", "info", "merge", "query", "roots", "sql", "verify"
+    "collect", "compact", "compress", "demo", "forget", "index", "info", "merge", "precondition", "query", "roots",
+    "sql", "verify",
 ]
 
 

@@ -46,7 +46,8 @@ def test_the_readme_marks_its_examples_and_the_package_exports_what_they_use() -
     assert len(marked_blocks("bash")) == 1 and len(marked_blocks("python")) == 1
     cli = commands(marked_blocks("bash")[0])
     assert {argv[0] for argv in cli} == {
-        "collect", "index", "query", "sql", "compress", "verify", "info", "forget", "compact", "roots", "merge"
+        "collect", "index", "query", "sql", "compress", "verify", "info", "forget", "compact", "roots", "merge",
+        "precondition",
     }
     used = set(re.findall(r"\bdmin\.(\w+)", README.read_text()))
     missing = used - set(dmin.__all__) - {"json", "errors"}  # dmin.json is the identity file, dmin.errors a module
