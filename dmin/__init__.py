@@ -18,8 +18,7 @@ from typing import TYPE_CHECKING, Any
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from dmin.errors import DminError
-
-__version__ = "0.2.0"
+from dmin.version import __version__
 
 _LAZY = {
     "Compressor": "dmin.compress",

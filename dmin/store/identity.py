@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import xxhash
 
 from dmin.errors import IdentityMismatch, ProjectError, SchemaVersionError
 from dmin.store.paths import SCHEMA_VERSION
+from dmin.version import __version__
 
 # The F and s of dmin.hashing. Projects written before dmin.json named its compressor used the grouped runs.
 COMPRESSOR = "runs8-spread"
@@ -54,7 +55,7 @@ class Identity:
     compute_dtype: str | None = None  # float32, bfloat16 or float16: gradients differ with it
     conditioning: str | None = None  # a family's fixed inputs (FLUX guidance, T5 length)
     schema_version: int = SCHEMA_VERSION
-    dmin_version: str = field(default_factory=lambda: __import__("dmin").__version__)
+    dmin_version: str = __version__
 
     def __post_init__(self) -> None:
         if not self.t_indices:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from dmin import __version__
+from dmin.version import __version__
 
 # Thrift compact protocol wire types.
 _BOOL, _I16, _I32, _I64, _BINARY, _LIST, _STRUCT = 1, 4, 5, 6, 8, 9, 12
