@@ -7,6 +7,10 @@ class DminError(Exception):
     """Base class of every error dmin raises on purpose."""
 
 
+class DminWarning(UserWarning):
+    """Something a user should know that does not stop the work (the CLI shows these, and no other library's)."""
+
+
 class CompressionError(DminError, ValueError):
     """A compressor argument breaks a rule (v not a power of two, chunk past n, wrong shape or dtype)."""
 

@@ -116,6 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     stderr. The program is `dmin` however it was started (`python -m dmin_cli`, torchrun)."""
     debug = os.environ.get("DMIN_DEBUG") == "1"
     quiet.silence_libraries(debug, render.interactive())
+    quiet.show_dmin_warnings(render.warn)
     try:
         code = app(args=argv, prog_name="dmin", standalone_mode=False)
     except click_exceptions.NoArgsIsHelpError as exc:  # bare `dmin`: the help, as before

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
+
+from dmin.errors import DminWarning
 
 PIPE_QUIET = {
     "TQDM_DISABLE": "1",
@@ -28,3 +31,17 @@ def silence_libraries(debug: bool, interactive: bool) -> None:
     if not debug:
         os.environ.setdefault("PYTHONWARNINGS", "ignore")
         warnings.simplefilter("ignore")
+        warnings.simplefilter("default", DminWarning)  # dmin's own: one line each (`show_dmin_warnings`)
+
+
+def show_dmin_warnings(say: Callable[[str], None]) -> None:
+    """dmin's warnings as one `warning: …` line on stderr; other libraries' keep Python's format (debug only)."""
+    original = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
+        if issubclass(category, DminWarning):
+            say(str(message))
+        else:
+            original(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -33,7 +34,7 @@ def note(text: str, quiet: bool = False) -> None:
 def warn(text: str, quiet: bool = False) -> None:
     """Something went differently than asked (stderr), even in pipes; --json keeps stderr clean."""
     if not quiet:
-        err.print(f"[yellow]warning:[/yellow] {text}", highlight=False)
+        err.print(f"[yellow]warning:[/yellow] {escape(text)}", highlight=False, soft_wrap=True)
 
 
 def write_bytes(data: bytes) -> None:

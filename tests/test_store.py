@@ -17,7 +17,7 @@ import torch
 
 from dmin.compress import fold
 from dmin.derive import derive_v
-from dmin.errors import IdentityMismatch, ProjectError, SchemaVersionError
+from dmin.errors import DminWarning, IdentityMismatch, ProjectError, SchemaVersionError
 from dmin.score import exact_scores
 from dmin.store import Project
 from dmin.store.catalog import connect
@@ -58,6 +58,21 @@ def test_newer_schema_version_is_refused(small_project: Project) -> None:
     path.write_text(json.dumps(raw))
     with pytest.raises(SchemaVersionError, match="upgrade dmin"):
         Project.open(small_project.root)
+
+
+def test_unknown_identity_keys_are_said_not_dropped_silently(small_project: Project) -> None:
+    path = small_project.root / "dmin.json"
+    raw = json.loads(path.read_text())
+    raw["future_field"] = 1
+    path.write_text(json.dumps(raw))
+    with pytest.warns(DminWarning, match="unknown key.*future_field"):
+        again = Project.open(small_project.root)
+    assert again.identity.hash() == small_project.identity.hash()  # the known fields are read as before
+    assert "future_field" in json.loads(path.read_text())  # and the file is left as it was
+    r = subprocess.run([sys.executable, "-m", "dmin_cli", "info", str(small_project.root), "--json"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and json.loads(r.stdout)["samples"] == 20
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("warning:") and "future_field" in r.stderr
 
 
 def test_not_a_project(tmp_path: Path) -> None:

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import xxhash
 
-from dmin.errors import IdentityMismatch, ProjectError, SchemaVersionError
+from dmin.errors import DminWarning, IdentityMismatch, ProjectError, SchemaVersionError
 from dmin.store.paths import SCHEMA_VERSION
 from dmin.version import __version__
 
@@ -104,6 +105,13 @@ class Identity:
                 f"{where} has schema version {version}, newer than this dmin reads ({SCHEMA_VERSION}); upgrade dmin"
             )
         names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - names)
+        if unknown:  # kept in the file, never rewritten; said, not dropped silently
+            warnings.warn(
+                f"{where}: unknown key(s) {', '.join(unknown)} ignored (written by another dmin version, or edited)",
+                DminWarning,
+                stacklevel=2,
+            )
         known = {k: v for k, v in raw.items() if k in names}
         known.setdefault("compressor", LEGACY_COMPRESSOR)
         for k in ("timesteps", "latent_shape", "collect_vs", "vs", "t_indices"):
