@@ -23,7 +23,7 @@ from dmin.version import __version__
 _LAZY = {
     "Compressor": "dmin.compress",
     "fold": "dmin.compress",
-    "prepare": "dmin.collect",
+    "prepare": "dmin.gradients",
     "collect": "dmin.collect",
     "open_for_query": "dmin.query",
     "run_query": "dmin.query",
@@ -55,7 +55,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from dmin.collect import collect, prepare
+    from dmin.collect import collect
     from dmin.compress import Compressor, fold
     from dmin.index import IndexParams, build_index
     from dmin.info import project_info
@@ -69,7 +69,7 @@ class _Package(types.ModuleType):
     """`dmin.collect` and `dmin.verify` name both a function of the API and a submodule. Python binds a submodule to
     its package's attribute when it is first imported (by anyone: the CLI, dmin.query, …), which would turn
     `dmin.collect(…)` into "module is not callable" depending on import order; here the API's function wins.
-    The submodules stay importable as usual: `from dmin.collect import GradientEngine`."""
+    The submodules stay importable as usual: `from dmin.collect import CollectSummary`."""
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name in _LAZY and isinstance(value, types.ModuleType):

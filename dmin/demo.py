@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from dmin.collect import CollectSummary, collect, prepare
+from dmin.collect import CollectSummary, collect
 from dmin.errors import ProjectError, UsageError
+from dmin.gradients import prepare
 from dmin.index import IndexParams, build_index
 from dmin.query import QueryResult, QuerySpec, open_for_query, run_query
 from dmin.sheet import contact_sheet

@@ -18,9 +18,9 @@ import pyarrow as pa
 import xxhash
 from PIL import Image
 
-from dmin.collect import Setup, prepare, query_gradients
 from dmin.data import read_jsonl
 from dmin.errors import DataError, DminError, UsageError
+from dmin.gradients import Setup, prepare, query_gradients
 from dmin.index import current_index, knn, stale_count
 from dmin.models import StepCallback, check_condition
 from dmin.precondition import for_query

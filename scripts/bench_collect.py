@@ -258,8 +258,8 @@ def engine_rates(setup, data: Path, count: int, B: int, sync) -> dict:  # type: 
     batched (B samples a pass), b1 (one sample a pass) and example (one (sample, timestep) a pass)."""
     from dataclasses import replace
 
-    from dmin.collect import GradientEngine
     from dmin.data import load_dataset
+    from dmin.gradients import GradientEngine
     from dmin.models import Condition
 
     fam, K = setup.family, setup.identity.K
@@ -295,7 +295,8 @@ def engine_rates(setup, data: Path, count: int, B: int, sync) -> dict:  # type: 
 
 def child(args: argparse.Namespace) -> dict:
     """One measurement in this process."""
-    from dmin.collect import collect, prepare
+    from dmin.collect import collect
+    from dmin.gradients import prepare
 
     root = Path(args.root)
     K = args.timesteps

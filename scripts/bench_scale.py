@@ -339,7 +339,7 @@ def live_bytes(root: Path) -> int:
 
 # ---- one N -----------------------------------------------------------------------------------------------------
 def run(n: int, queries: int, work: Path, say: Any) -> dict[str, Any]:
-    from dmin.collect import prepare
+    from dmin.gradients import prepare
     from dmin.store import Project
 
     root, data = work / "project", work / "data.parquet"

@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from dmin.collect import GradientEngine, prepare
 from dmin.compress import fold
 from dmin.demo import LORA, MODEL, digit_pixels, lora_samples, style
+from dmin.gradients import GradientEngine, prepare
 
 VS = (256, 1024, 4096)  # the v's; --vs adds larger ones (each a power of two)
 

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from dmin.collect import collect, prepare
+from dmin.collect import collect
 from dmin.errors import UsageError
+from dmin.gradients import prepare
 from dmin.store import Project
 from tests import tiny
 
@@ -118,7 +119,7 @@ def test_a_failing_sample_does_not_take_its_pass_down(
 def test_out_of_memory_halves_the_pass_and_goes_on(
     models: dict[str, Path], data: dict[int, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from dmin.collect import GradientEngine
+    from dmin.gradients import GradientEngine
 
     setup = prepare(models["ddpm"], timesteps=2, vs=["64"])
     real_run = GradientEngine.run

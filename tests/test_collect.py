@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from dmin.collect import collect, prepare
+from dmin.collect import collect
+from dmin.gradients import prepare
 from dmin.store import Project
 from dmin.verify import verify
 from tests import tiny

@@ -19,7 +19,8 @@ from typing import NamedTuple
 import pytest
 import xxhash
 
-from dmin.collect import collect, prepare
+from dmin.collect import collect
+from dmin.gradients import prepare
 from dmin_cli.app import main
 from dmin_cli.quiet import PIPE_QUIET
 from tests import tiny

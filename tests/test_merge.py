@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dmin.collect import collect, prepare
+from dmin.collect import collect
 from dmin.derive import derive_v
 from dmin.errors import IdentityMismatch, UsageError
 from dmin.forget import forget, select
+from dmin.gradients import prepare
 from dmin.merge import merge
 from dmin.query import QuerySpec, open_for_query, run_query
 from dmin.store import Project

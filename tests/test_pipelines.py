@@ -15,9 +15,10 @@ import pytest
 import torch
 from PIL import Image
 
-from dmin.collect import collect, prepare
+from dmin.collect import collect
 from dmin.compress import Compressor
 from dmin.errors import ModelLoadError
+from dmin.gradients import prepare
 from dmin.store import Project
 from dmin.verify import verify
 from tests import tiny
@@ -428,8 +429,8 @@ def test_compute_dtype_is_part_of_the_identity(models: dict[str, Path], data: di
 
 
 def test_torchrun_rank_takes_its_local_gpu() -> None:
-    from dmin.collect import choose_device
     from dmin.errors import UsageError
+    from dmin.gradients import choose_device
 
     assert choose_device("cuda", {"LOCAL_RANK": "3", "RANK": "11"}) == torch.device("cuda:3")
     assert choose_device("cuda:1", {"LOCAL_RANK": "3"}) == torch.device("cuda:1")  # an explicit index wins

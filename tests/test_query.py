@@ -272,7 +272,8 @@ def odd_images(folder: Path) -> list[str]:
 
 
 def test_query_accepts_every_image_collect_accepts(digits_project: Path, tmp_path: Path) -> None:
-    from dmin.collect import collect, prepare
+    from dmin.collect import collect
+    from dmin.gradients import prepare
     from dmin.query import QuerySpec, open_for_query, run_query
     from dmin.sheet import contact_sheet
 

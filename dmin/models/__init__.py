@@ -1,7 +1,7 @@
 """Model loading: the only package that knows diffusers pipelines.
 
 Each family (base.py) answers what x0 is for an image, what conditions a prediction, what the denoiser predicts for
-a batch, and how to generate; the training schedule (dmin.schedule) gives x_t and the target. Pipelines load through
+a batch, and how to generate; the training schedule (schedule.py) gives x_t and the target. Pipelines load through
 diffusers' own `from_pretrained` (load.py) from a local directory or the Hugging Face cache (hub.py), adapters
 through diffusers' LoRA loaders (lora.py).
 """

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from dmin.errors import DataError
-from dmin.schedule import TrainingSchedule, training_schedule
+from dmin.models.schedule import TrainingSchedule, training_schedule
 
 StepCallback = Callable[[int, int], None]  # (steps done, steps in all)
 

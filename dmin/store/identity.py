@@ -52,7 +52,7 @@ class Identity:
     model_path: str | None = None
     lora_path: str | None = None
     data_path: str | None = None
-    schedule: str | None = None  # the training forward process (dmin.schedule), not the pipeline's scheduler
+    schedule: str | None = None  # the training forward process (dmin.models.schedule), not the pipeline's scheduler
     compute_dtype: str | None = None  # float32, bfloat16 or float16: gradients differ with it
     conditioning: str | None = None  # a family's fixed inputs (FLUX guidance, T5 length)
     schema_version: int = SCHEMA_VERSION

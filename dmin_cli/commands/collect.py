@@ -68,7 +68,8 @@ def collect_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Collect compressed, normalized per-sample gradients; reruns skip committed samples."""
-    from dmin.collect import CollectSummary, collect, prepare
+    from dmin.collect import CollectSummary, collect
+    from dmin.gradients import prepare
 
     if timesteps is not None and timestep_list:
         raise UsageError("give --timesteps K or --timestep-list T (repeated), not both: one of them would be ignored")
