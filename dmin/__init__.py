@@ -21,8 +21,8 @@ from dmin.errors import DminError
 from dmin.version import __version__
 
 _LAZY = {
-    "Compressor": "dmin.compress",
-    "fold": "dmin.compress",
+    "Compressor": "dmin.compressor",
+    "fold": "dmin.compressor",
     "prepare": "dmin.gradients",
     "collect": "dmin.collect",
     "open_for_query": "dmin.query",
@@ -56,7 +56,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from dmin.collect import collect
-    from dmin.compress import Compressor, fold
+    from dmin.compressor import Compressor, fold
     from dmin.index import IndexParams, build_index
     from dmin.info import project_info
     from dmin.precondition import build_preconditioner

@@ -30,6 +30,7 @@ from dmin.models import Condition, Pixels, check_condition
 from dmin.store import Identity, Project, paths
 from dmin.store.project import SampleBatch, now_utc
 from dmin.store.schema import FAILURES
+from dmin.vs import complete
 
 # A computed sample waiting for its commit: record, its samples-table extras, {v: (K, dim)}, norms, losses.
 Pending = tuple[Record, dict[str, Any], dict[str, np.ndarray], np.ndarray, np.ndarray]
@@ -128,7 +129,7 @@ def collect(
 
     def flush() -> None:
         if pending:
-            entry = project.commit_samples(_batch(pending, setup.identity), data_path, include_forgotten)
+            entry = project.commit_samples(_batch(pending, setup.identity), data_path, include_forgotten, complete)
             if entry is not None:
                 summary.bytes_written += sum(f.bytes for f in entry.files)
             pending.clear()

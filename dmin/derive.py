@@ -1,7 +1,7 @@
 """`dmin compress`: store a new v derived from a stored one, with no model and no recomputation, and keep it complete.
 
 From the smallest stored v that is a multiple of the new one, by folding (exact); else from v=full, by compressing
-the stored normalized gradients with the project's compressor (`store.derived`). The derive entry records the v
+the stored normalized gradients with the project's compressor (`dmin.vs`). The derive entry records the v
 (stored v's are the collected ones plus those of derive entries). Incremental: a later run derives only the samples
 and queries the v lacks, so a project whose v was left incomplete (by a dmin before every commit wrote every stored
 v, or by a compress racing a collect) is repaired; a run on a complete v does nothing.
@@ -16,33 +16,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dmin.errors import UsageError
 from dmin.store import paths
-from dmin.store.derived import derive, source_v
 from dmin.store.keys import KeySet
 from dmin.store.manifest import Entry, FileRef
 from dmin.store.project import Commit, Project, Stage
 from dmin.store.schema import grads_schema, vec_type
 from dmin.store.vectors import read_rows, vec_values
+from dmin.vs import derive, source_for
 
 _TABLES = (("grads", "sample_id", paths.grads_dir), ("query_grads", "query_id", paths.query_grads_dir))
-
-
-def source_for(project: Project, v: int) -> str:
-    """The stored v to derive `v` from: the smallest multiple of it, else 'full'."""
-    ident = project.identity
-    from dmin.compress import Compressor  # torch: loaded by the commands that derive
-
-    Compressor(ident.n, ident.compress_seed).check_v(v)
-    src = source_v(ident.vs, v)
-    if src is None:
-        stored = ", ".join(ident.vs) or "none"
-        largest = max((int(s) for s in ident.vs if s != "full"), default=16)
-        raise UsageError(
-            f"cannot derive v={v}: no stored v is a multiple of it (stored: {stored}); ask for a power of two up "
-            f"to {largest}, or collect a larger --v (or --v full) into a new project"
-        )
-    return src
 
 
 def _keys_at(project: Project, table: str, key: str, v: str) -> KeySet:

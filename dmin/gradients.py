@@ -26,12 +26,13 @@ from dmin.batching import (
     activation_bytes,
     free_memory,
 )
-from dmin.compress import BatchAccumulator, Compressor, fold
+from dmin.compressor import BatchAccumulator, Compressor, fold
 from dmin.errors import CompressionError, UsageError
 from dmin.models import Condition, Family, attach_lora, check_condition, load_family, select_params
 from dmin.models.hub import is_hub_id
 from dmin.per_example import PerExampleGrads
 from dmin.store import Identity
+from dmin.vs import parse_vs
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
@@ -94,16 +95,6 @@ class Setup:
 
 def layout_hash(params: list[tuple[str, torch.nn.Parameter]]) -> str:
     return xxhash.xxh3_128_hexdigest("\n".join(f"{n}:{tuple(p.shape)}" for n, p in params).encode())
-
-
-def parse_vs(vs: Sequence[str | int]) -> tuple[str, ...]:
-    out = []
-    for v in vs or ("4096", "65536"):
-        s = str(v).strip().lower()
-        if s != "full" and not s.isdigit():
-            raise UsageError(f"--v {v!r}: expected a power of two (e.g. 4096) or 'full'")
-        out.append(s)
-    return tuple(dict.fromkeys(out))
 
 
 def _where(spec: str | Path) -> str:

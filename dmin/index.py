@@ -37,7 +37,7 @@ from dmin.store.atomic import file_checksum, write_atomic, write_bytes_atomic, w
 from dmin.store.manifest import Entry, FileRef
 from dmin.store.project import Commit, Project, Stage
 from dmin.store.vectors import VectorBlock, iter_blocks
-from dmin.stored_v import resolve_v
+from dmin.vs import resolve_v
 
 GRAPH_V = 256  # graph dims per timestep at most; fewer once the graph would pass GRAPH_BYTES (`graph_v_for`)
 GRAPH_BYTES = 2 << 30  # the graph's vectors' budget: 10^6 samples at K = 10 get v = 32 (1.4 GB loaded, links included)

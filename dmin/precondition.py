@@ -36,7 +36,7 @@ from dmin.store.keys import KeySet
 from dmin.store.manifest import Entry, FileRef
 from dmin.store.project import Commit, Project, Stage
 from dmin.store.vectors import iter_blocks
-from dmin.stored_v import resolve_v
+from dmin.vs import resolve_v
 
 MAX_V = 4096  # G and its inverse take K·v²·12 bytes: 2 GB at v = 4096, K = 10; 8 GB at 8192
 DEFAULT_LAMBDA = 0.1  # chosen by scripts/eval_counterfactual.py (README, "Attribution quality")

@@ -27,10 +27,9 @@ from dmin.precondition import for_query
 from dmin.score import exact_scores
 from dmin.store import Project, paths
 from dmin.store.atomic import write_atomic
-from dmin.store.derived import complete
 from dmin.store.project import Commit, Stage, grads_table, now_utc
 from dmin.store.schema import QUERIES, RESULTS
-from dmin.stored_v import resolve_v
+from dmin.vs import complete, resolve_v
 
 
 @dataclass

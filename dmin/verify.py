@@ -369,7 +369,7 @@ class _Verifier(Findings):
         FOLD_SAMPLES samples of each v's first file, found in the parent v's files by key, read in place."""
         import torch
 
-        from dmin.compress import Compressor, fold
+        from dmin.compressor import Compressor, fold
 
         K = ident.K
         first: dict[str, tuple[list[str], np.ndarray]] = {}

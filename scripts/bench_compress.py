@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from dmin.compress import Compressor
+from dmin.compressor import Compressor
 
 # Parameter sizes of a mid-sized UNet block, cycled: the chunks collection feeds the compressor with.
 CHUNKS = (1280 * 1280 * 9, 1280, 640 * 1280, 640 * 640 * 9, 640, 320 * 320 * 9, 320, 1280 * 4096, 4096)

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dmin.compress import fold
+from dmin.compressor import fold
 from dmin.demo import LORA, MODEL, digit_pixels, lora_samples, style
 from dmin.gradients import GradientEngine, prepare
 

@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dmin.compress import fold
+from dmin.compressor import fold
 from dmin.store import Project
 from dmin.store.vectors import iter_blocks
 

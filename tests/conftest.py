@@ -9,6 +9,7 @@ import pytest
 
 from dmin.store import Identity, Project
 from dmin.store.project import SampleBatch
+from dmin.vs import complete
 
 
 def make_identity(**kw: object) -> Identity:
@@ -41,7 +42,7 @@ def add_samples(project: Project, start: int, count: int, seed: int = 0, v: str 
         np.ones((count, K)),
         np.full((count, K), 0.5),
     )
-    project.commit_samples(batch)
+    project.commit_samples(batch, complete=complete)
 
 
 @pytest.fixture

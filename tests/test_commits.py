@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from dmin.compress import fold
+from dmin.compressor import fold
 from dmin.derive import derive_v
 from dmin.store import Project, manifest, paths
 from dmin.verify import verify

@@ -10,7 +10,7 @@ import numba
 import pytest
 import torch
 
-from dmin.compress import Compressor, fold
+from dmin.compressor import Compressor, fold
 from dmin.errors import CompressionError, DminError
 
 

@@ -25,6 +25,7 @@ from dmin.store.catalog import connect
 from dmin.store.project import SampleBatch, grads_table
 from dmin.store.schema import QUERIES, RESULTS
 from dmin.verify import verify
+from dmin.vs import complete
 from tests.conftest import add_samples, make_identity
 
 DMIN = [sys.executable, "-m", "dmin_cli"]
@@ -78,8 +79,8 @@ def test_forgotten_samples_are_absent_from_every_reader(small_project: Project) 
 
     # the suppression list: the same samples offered again are skipped, unless asked for on purpose
     again = _batch(p, ["id00003", "id00020"], seed=5)
-    assert p.committed(sorted(gone)).all() and p.commit_samples(again) is None
-    entry = p.commit_samples(again, include_forgotten=True)
+    assert p.committed(sorted(gone)).all() and p.commit_samples(again, complete=complete) is None
+    entry = p.commit_samples(again, include_forgotten=True, complete=complete)
     assert entry is not None and entry.meta["samples"] == 1  # id00020 is live already
     assert "id00003" in p.sample_ids() and p.forgotten() == {"id00007", "id00011"}
     live = p.read_table("grads", "256")
@@ -132,7 +133,7 @@ def test_compact_leaves_no_byte_of_a_forgotten_sample(tmp_path: Path) -> None:
     secret_id = "5ec7e7a11d0000000000000000000042"
     secret = _batch(p, [secret_id], seed=7, sources=["opt-out/private-7f3a9c.png"], donor=["donor-only-3d9f"])
     secret.captions = ["a private caption 5b1e"]
-    p.commit_samples(secret)
+    p.commit_samples(secret, complete=complete)
     add_samples(p, 20, 5)
     derive_v(p, 64)
     for v in ("256", "64"):
@@ -193,7 +194,7 @@ def test_compact_leaves_no_byte_of_a_forgotten_sample(tmp_path: Path) -> None:
     assert report_v.healthy and not report_v.findings, report_v.findings  # nothing left to compact
     ids, _, _ = knn(p, current_index(p, "64"), vec["64"], 5)  # type: ignore[arg-type]
     assert secret_id not in ids and len(ids) == 5
-    assert p.commit_samples(secret) is None  # still suppressed
+    assert p.commit_samples(secret, complete=complete) is None  # still suppressed
     assert compact(p, orphan_grace=0).seq is None  # nothing left to do
 
 

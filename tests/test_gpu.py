@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dmin.compress import Compressor
+from dmin.compressor import Compressor
 
 pytestmark = pytest.mark.gpu
 

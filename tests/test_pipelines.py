@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from dmin.collect import collect
-from dmin.compress import Compressor
+from dmin.compressor import Compressor
 from dmin.errors import ModelLoadError
 from dmin.gradients import prepare
 from dmin.store import Project

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from dmin.compress import fold
+from dmin.compressor import fold
 from dmin.derive import derive_v
 from dmin.errors import DminWarning, IdentityMismatch, ProjectError, SchemaVersionError
 from dmin.score import exact_scores

@@ -33,7 +33,6 @@ import pyarrow.parquet as pq
 from dmin.errors import IntegrityError, ProjectError
 from dmin.store import manifest, paths
 from dmin.store.atomic import file_checksum, write_parquet_atomic
-from dmin.store.derived import complete
 from dmin.store.identity import Identity
 from dmin.store.keys import KeySet
 from dmin.store.liveness import Liveness
@@ -43,6 +42,8 @@ from dmin.store.state import Live, State, checkpoint_name
 
 MAX_ATTEMPTS = 1000  # re-plans before a writer gives up (each one means another commit landed first)
 SAMPLE_KEYED = ("samples", "grads", "results")  # tables whose rows name a training sample (forgettable)
+# Completes v → vectors to every v of a list for an identity (`dmin.vs.complete`): derived v's stay complete.
+Completer = Callable[[dict[str, np.ndarray], Sequence[str], Identity], dict[str, np.ndarray]]
 
 
 @dataclass
@@ -510,11 +511,16 @@ class Project:
         return entry
 
     def commit_samples(
-        self, batch: SampleBatch, data_root: str | None = None, include_forgotten: bool = False
+        self,
+        batch: SampleBatch,
+        data_root: str | None = None,
+        include_forgotten: bool = False,
+        complete: Completer | None = None,
     ) -> Entry | None:
-        """Commit new samples with their gradients at every stored v (derived from the collected ones where needed);
-        samples committed already (by anyone) are dropped, and forgotten ones unless `include_forgotten`.
-        `data_root`: the folder or file their sources resolve against."""
+        """Commit new samples with their gradients at every stored v; samples committed already (by anyone) are
+        dropped, and forgotten ones unless `include_forgotten`. `data_root`: the folder or file their sources resolve
+        against. `complete` (`dmin.vs.complete`) derives the stored v's the batch lacks, planned against the newest
+        manifest so a v derived meanwhile is included; without it, a missing v is an error."""
         vecs = dict(batch.vecs)  # grows with the derived v's, computed once however many times we re-plan
         K = len(batch.timesteps)
         kept: list[str] = []
@@ -540,7 +546,11 @@ class Project:
             files = [
                 stage.table(("samples", lo, rows), "samples", None, "samples", lambda: samples_table(batch, keep, lo))
             ]
-            vecs.update(complete(vecs, self.identity.vs, self.identity))
+            missing = [v for v in self.identity.vs if v not in vecs]
+            if missing and complete is None:
+                raise ProjectError(f"the batch lacks stored v's {', '.join(missing)}; pass complete=dmin.vs.complete")
+            if missing and complete is not None:
+                vecs.update(complete(vecs, self.identity.vs, self.identity))
             for v in self.identity.vs:
                 files.append(
                     stage.table(

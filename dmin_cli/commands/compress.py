@@ -21,9 +21,9 @@ def compress_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Derive v by folding a stored larger v (exact) or compressing v=full; a second run does nothing."""
-    from dmin.derive import derive_v, source_for
+    from dmin.derive import derive_v
     from dmin.store import Project
-    from dmin.stored_v import derivable_v
+    from dmin.vs import derivable_v, source_for
 
     proj = Project.open(project)
     new = derivable_v(proj, v)
