@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import torch
 
 from dmin.batching import (
@@ -28,8 +27,8 @@ from dmin.errors import DataError, UsageError
 from dmin.gradients import GradientEngine, Setup
 from dmin.models import Condition, Pixels, check_condition
 from dmin.store import Identity, Project, paths
-from dmin.store.project import SampleBatch, now_utc
-from dmin.store.schema import FAILURES
+from dmin.store.project import now_utc
+from dmin.store.tables import SampleBatch, failures_table
 from dmin.vs import complete
 
 # A computed sample waiting for its commit: record, its samples-table extras, {v: (K, dim)}, norms, losses.
@@ -134,15 +133,8 @@ def collect(
                 summary.bytes_written += sum(f.bytes for f in entry.files)
             pending.clear()
         if failures:
-            table = pa.table(
-                {
-                    "source": [s for s, _ in failures],
-                    "reason": [r for _, r in failures],
-                    "created_at": pa.array([now_utc()] * len(failures), FAILURES.field("created_at").type),
-                },
-                schema=FAILURES,
-            )
-            entry = project.commit("failures", [("failures", None, "failures", table)])
+            table = failures_table(failures, now_utc())
+            entry = project.commit("failures", [("failures", None, paths.FOLDERS["failures"], table)])
             summary.bytes_written += sum(f.bytes for f in entry.files)
             failures.clear()
 

@@ -24,7 +24,7 @@ from dmin.sql import run_sql
 from dmin.store import paths
 from dmin.store.manifest import Entry
 from dmin.store.project import Commit, Project, Stage
-from dmin.store.schema import TOMBSTONES
+from dmin.store.tables import tombstones_table
 
 _SAMPLE_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -93,7 +93,7 @@ def forget(project: Project, selection: Selection) -> Entry | None:
         ids = sorted(s for s in set(selection.ids) if s not in forgotten)
         if not ids:
             return None
-        tombstone = pa.table({"sample_id": pa.array(ids, pa.string())}, schema=TOMBSTONES)
+        tombstone = tombstones_table(ids)
         ref = stage.table(tuple(ids), "tombstones", None, paths.TOMBSTONES, tombstone)
         return Commit("forget", [ref], {"samples": len(ids)})
 

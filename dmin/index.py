@@ -36,6 +36,7 @@ from dmin.store import paths
 from dmin.store.atomic import file_checksum, write_atomic, write_bytes_atomic, write_parquet_atomic
 from dmin.store.manifest import Entry, FileRef
 from dmin.store.project import Commit, Project, Stage
+from dmin.store.tables import labels_table
 from dmin.store.vectors import VectorBlock, iter_blocks
 from dmin.vs import resolve_v
 
@@ -272,20 +273,17 @@ def save_build(
             raise OSError(errno.ENOSPC, "the index file was written incompletely (disk full?)", str(tmp)) from exc
 
     try:
-        write_atomic(folder / "hnsw.bin", save)
+        names = paths.INDEX_FILES
+        write_atomic(folder / names["index"], save)
         write_parquet_atomic(
-            folder / "labels.parquet",
-            pa.table({"row_id": pa.array(labels, pa.int64()), "sample_id": sample_ids.cast(pa.string())}),
+            folder / names["index_labels"],
+            labels_table(labels, sample_ids),
         )
-        write_bytes_atomic(folder / "index.json", (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+        write_bytes_atomic(folder / names["index_meta"], (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    written = [
-        ("index", folder / "hnsw.bin"),
-        ("index_labels", folder / "labels.parquet"),
-        ("index_meta", folder / "index.json"),
-    ]
+    written = [(table, folder / name) for table, name in paths.INDEX_FILES.items()]
     return folder, written
 
 

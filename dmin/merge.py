@@ -31,7 +31,7 @@ from dmin.store.atomic import fsync_dir
 from dmin.store.keys import KeySet
 from dmin.store.manifest import FileRef
 from dmin.store.project import Commit, Project, Stage
-from dmin.store.schema import TOMBSTONES
+from dmin.store.tables import tombstones_table
 from dmin.store.vectors import read_rows
 
 QUERY_TABLES = ("queries", "results", "query_grads")
@@ -117,7 +117,7 @@ def _plan(dest: Project, srcs: list[Project], stage: Stage, report: MergeReport)
             next_row += len(t)
             taken.add(t.column("sample_id"))
             adopted.add(t.column("sample_id"))
-            new = stage.table((s, ref.path, next_row), "samples", None, "samples", t)
+            new = stage.table((s, ref.path, next_row), "samples", None, paths.FOLDERS["samples"], t)
             files.append(new)
             report.samples += len(t)
             report.files_rewritten += 1
@@ -143,7 +143,7 @@ def _plan(dest: Project, srcs: list[Project], stage: Stage, report: MergeReport)
             report.failures += ref.rows
         carried |= src.forgotten() - refused
     if carried:
-        tomb = pa.table({"sample_id": pa.array(sorted(carried), pa.string())}, schema=TOMBSTONES)
+        tomb = tombstones_table(carried)
         files.append(stage.table(("tombstones", tuple(sorted(carried))), "tombstones", None, paths.TOMBSTONES, tomb))
     report.forgotten = len(carried)
     if not files:

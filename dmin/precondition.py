@@ -40,7 +40,7 @@ from dmin.vs import resolve_v
 
 MAX_V = 4096  # G and its inverse take K·v²·12 bytes: 2 GB at v = 4096, K = 10; 8 GB at 8192
 DEFAULT_LAMBDA = 0.1  # chosen by scripts/eval_counterfactual.py (README, "Attribution quality")
-TABLES = ("precondition", "precondition_gram", "precondition_samples", "precondition_meta")
+TABLES = tuple(paths.PRECONDITION_FILES)
 
 
 @dataclass
@@ -266,20 +266,17 @@ def _save(
 ) -> tuple[Path, list[tuple[str, Path]]]:
     folder = project.root / paths.precondition_dir(v, uuid.uuid4().hex[:12])
     folder.mkdir(parents=True, exist_ok=True)
+    names = paths.PRECONDITION_FILES
     try:
-        write_atomic(folder / "gram.npy", lambda tmp: _save_npy(tmp, gram))
-        write_atomic(folder / "inverse.npy", lambda tmp: _save_npy(tmp, inverse))
-        write_parquet_atomic(folder / "samples.parquet", pa.table({"sample_id": samples}))
-        write_bytes_atomic(folder / "precondition.json", (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+        write_atomic(folder / names["precondition_gram"], lambda tmp: _save_npy(tmp, gram))
+        write_atomic(folder / names["precondition"], lambda tmp: _save_npy(tmp, inverse))
+        write_parquet_atomic(folder / names["precondition_samples"], pa.table({"sample_id": samples}))
+        text = json.dumps(meta, indent=2, sort_keys=True) + "\n"
+        write_bytes_atomic(folder / names["precondition_meta"], text.encode())
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    return folder, [
-        ("precondition_gram", folder / "gram.npy"),
-        ("precondition", folder / "inverse.npy"),
-        ("precondition_samples", folder / "samples.parquet"),
-        ("precondition_meta", folder / "precondition.json"),
-    ]
+    return folder, [(table, folder / name) for table, name in names.items()]
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import xxhash
 from PIL import Image
 
@@ -27,8 +26,8 @@ from dmin.precondition import for_query
 from dmin.score import exact_scores
 from dmin.store import Project, paths
 from dmin.store.atomic import write_atomic
-from dmin.store.project import Commit, Stage, grads_table, now_utc
-from dmin.store.schema import QUERIES, RESULTS
+from dmin.store.project import Commit, Stage, now_utc
+from dmin.store.tables import grads_table, queries_table, results_table
 from dmin.vs import complete, resolve_v
 
 
@@ -259,7 +258,7 @@ def _query_image(
 
 
 def _save_generated(project: Project, query_id: str, image: Image.Image) -> str:
-    folder = project.root / "queries" / "images"
+    folder = project.root / paths.QUERY_IMAGES
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{query_id}.png"
     if not path.exists():  # same id, same pixels: never rewrite a committed file
@@ -295,31 +294,8 @@ def _commit(
     manifest, so a v derived meanwhile is included)."""
     ident = project.identity
     now = now_utc()
-    ts_type = QUERIES.field("created_at").type
-    queries = pa.table(
-        {
-            "query_id": [query_id],
-            "image": [image_path],
-            "prompt": [spec.prompt],
-            "label": pa.array([spec.label], pa.int64()),
-            "seed": pa.array([spec.seed], pa.int64()),
-            "created_at": pa.array([now], ts_type),
-        },
-        schema=QUERIES,
-    )
-    res = pa.table(
-        {
-            "query_id": [query_id] * len(results),
-            "sample_id": [r["sample_id"] for r in results],
-            "rank": pa.array([r["rank"] for r in results], pa.int32()),
-            "score": pa.array([r["score"] for r in results], pa.float64()),
-            "scores": pa.array([r["scores"] for r in results], pa.list_(pa.float64())),
-            "method": [method] * len(results),
-            "v": [v] * len(results),
-            "created_at": pa.array([now] * len(results), ts_type),
-        },
-        schema=RESULTS,
-    )
+    queries = queries_table(query_id, image_path, spec.prompt, spec.label, spec.seed, now)
+    res = results_table(query_id, results, method, v, now)
     image = Path(image_path).resolve() if image_path is not None else None
     in_project = image is not None and image.is_relative_to(project.root.resolve())
 
@@ -329,8 +305,8 @@ def _commit(
             return None  # the same query, method and v are stored already: a rerun adds no duplicates
         is_new = query_id not in state.queried
         files = [
-            stage.table("queries", "queries", None, "queries/meta", queries),
-            stage.table("results", "results", None, "results", res),
+            stage.table("queries", "queries", None, paths.FOLDERS["queries"], queries),
+            stage.table("results", "results", None, paths.FOLDERS["results"], res),
         ]
         every = complete(vecs, project.identity.vs, ident)
         for sv in project.identity.vs:

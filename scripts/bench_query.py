@@ -21,7 +21,7 @@ from dmin.index import IndexParams, build_index, current_index, knn, load_graph
 from dmin.score import exact_scores
 from dmin.store import Identity, Project
 from dmin.store.catalog import connect, sql_exact_scores
-from dmin.store.project import SampleBatch, grads_table
+from dmin.store.tables import SampleBatch, grads_table
 
 K = 10
 

@@ -88,7 +88,7 @@ def make_data(path: Path, n: int, start: int = 0) -> list[dict[str, Any]]:
 
 def commit_rows(project: Any, rows: list[dict[str, Any]], data_root: str, seed: int) -> float:
     """Commit `rows` with clustered unit vectors, COMMIT samples a commit; seconds taken by the commits."""
-    from dmin.store.project import SampleBatch
+    from dmin.store.tables import SampleBatch
 
     rng = np.random.default_rng(seed)
     centers = _centers()

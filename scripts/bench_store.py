@@ -30,7 +30,7 @@ from dmin.kernels.dot import timestep_dots
 from dmin.score import exact_scores
 from dmin.store import Identity, Project
 from dmin.store.catalog import connect, sql_exact_scores
-from dmin.store.project import SampleBatch, grads_table
+from dmin.store.tables import SampleBatch, grads_table
 
 
 def median_time(fn: Callable[[], object], repeat: int = 7) -> float:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from dmin.store import Identity, Project
-from dmin.store.project import SampleBatch
+from dmin.store.tables import SampleBatch
 from dmin.vs import complete
 
 

@@ -14,7 +14,7 @@ import pytest
 from dmin.store import plain_parquet
 from dmin.store.atomic import file_checksum, write_parquet_atomic
 from dmin.store.pages import _Compact, plain_values
-from dmin.store.project import grads_table
+from dmin.store.tables import grads_table
 
 
 def grads(rows: int, K: int, dim: int, dtype: str, seed: int = 0) -> pa.Table:

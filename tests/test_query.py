@@ -15,7 +15,7 @@ from dmin.errors import IndexStale, IntegrityError, UsageError
 from dmin.index import IndexParams, build_index, current_index, knn
 from dmin.score import exact_scores
 from dmin.store import Project
-from dmin.store.project import SampleBatch
+from dmin.store.tables import SampleBatch
 from dmin.verify import verify
 from tests import tiny
 from tests.conftest import make_identity

@@ -19,7 +19,7 @@ from dmin.query import QueryResult, load_training_image
 from dmin.relocate import relocate, roots
 from dmin.sheet import TILE, contact_sheet
 from dmin.store import Project
-from dmin.store.project import SampleBatch
+from dmin.store.tables import SampleBatch
 from tests import tiny
 from tests.conftest import make_identity
 

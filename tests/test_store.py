@@ -106,7 +106,7 @@ def test_exact_scores_match_numpy_and_sql(small_project: Project) -> None:
     want = np.einsum("nkd,kd->n", vec.astype(np.float64), q.astype(np.float64))
     np.testing.assert_allclose(s.total, want, rtol=1e-5)
     # the same numbers through DuckDB SQL
-    from dmin.store.project import grads_table
+    from dmin.store.tables import grads_table
 
     small_project.commit(
         "queries",
@@ -172,7 +172,7 @@ def test_verify_deleted_file(small_project: Project) -> None:
 
 
 def test_verify_duplicate_rows_nan_and_schema(small_project: Project) -> None:
-    from dmin.store.project import grads_table
+    from dmin.store.tables import grads_table
 
     K = 2
     # a duplicate committed through a second entry that bypasses commit_samples' de-duplication

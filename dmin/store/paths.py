@@ -10,6 +10,18 @@ CHECKPOINTS = "manifest/checkpoints"  # the manifest's sum every CHECKPOINT_EVER
 TMP_PREFIX = ".tmp-"
 TABLES = ("samples", "queries", "results", "failures")
 TOMBSTONES = "tombstones"
+# The folder of each row table's files (grads and query grads are per v: `grads_dir`, `query_grads_dir`).
+FOLDERS = {"samples": "samples", "failures": "failures", "queries": "queries/meta", "results": "results",
+           TOMBSTONES: TOMBSTONES}
+QUERY_IMAGES = "queries/images"  # images `dmin query --seed` generated
+# The files of one index build and of one preconditioner build, by the table the manifest names them under.
+INDEX_FILES = {"index": "hnsw.bin", "index_labels": "labels.parquet", "index_meta": "index.json"}
+PRECONDITION_FILES = {
+    "precondition_gram": "gram.npy",
+    "precondition": "inverse.npy",
+    "precondition_samples": "samples.parquet",
+    "precondition_meta": "precondition.json",
+}
 # Folders that hold committed files (and, after an interrupted write, unnamed ones that `compact` sweeps).
 DATA_DIRS = ("samples", "grads", "queries", "results", "failures", "index", "precondition", TOMBSTONES)
 # An unnamed file under a data folder is swept by `compact` only once older than this: far longer than a writer

@@ -37,31 +37,13 @@ from dmin.store.identity import Identity
 from dmin.store.keys import KeySet
 from dmin.store.liveness import Liveness
 from dmin.store.manifest import Entry, FileRef, parse_entry
-from dmin.store.schema import SAMPLES_BASE, grads_schema, vec_type
 from dmin.store.state import Live, State, checkpoint_name
+from dmin.store.tables import SampleBatch, grads_table, samples_table
 
 MAX_ATTEMPTS = 1000  # re-plans before a writer gives up (each one means another commit landed first)
 SAMPLE_KEYED = ("samples", "grads", "results")  # tables whose rows name a training sample (forgettable)
 # Completes v → vectors to every v of a list for an identity (`dmin.vs.complete`): derived v's stay complete.
 Completer = Callable[[dict[str, np.ndarray], Sequence[str], Identity], dict[str, np.ndarray]]
-
-
-@dataclass
-class SampleBatch:
-    """Samples with their gradients for the collected v's, ready to commit together (all K timesteps or nothing)."""
-
-    sample_ids: list[str]
-    sources: list[str]
-    captions: list[str | None]
-    labels: list[int | None]
-    extra: dict[str, list[Any]]
-    timesteps: Sequence[float]
-    vecs: dict[str, np.ndarray]  # v -> (B, K, dim) float32
-    norms: np.ndarray  # (B, K) raw gradient norms
-    losses: np.ndarray  # (B, K)
-
-    def __len__(self) -> int:
-        return len(self.sample_ids)
 
 
 @dataclass
@@ -544,7 +526,13 @@ class Project:
             lo = self.next_row_id()
             rows = tuple(keep)
             files = [
-                stage.table(("samples", lo, rows), "samples", None, "samples", lambda: samples_table(batch, keep, lo))
+                stage.table(
+                    ("samples", lo, rows),
+                    "samples",
+                    None,
+                    paths.FOLDERS["samples"],
+                    lambda: samples_table(batch, keep, lo),
+                )
             ]
             missing = [v for v in self.identity.vs if v not in vecs]
             if missing and complete is None:
@@ -602,45 +590,3 @@ def _check_names(names: list[str]) -> None:
             raise IntegrityError(
                 f"{paths.manifest_name(expected)}: manifest entry missing or renamed (sequence gap); run `dmin verify`"
             )
-
-
-def samples_table(batch: SampleBatch, keep: list[int], lo: int) -> pa.Table:
-    """The samples rows of `batch[keep]`, row ids from lo on; metadata columns as strings."""
-    samples = {
-        "sample_id": pa.array([batch.sample_ids[i] for i in keep], pa.string()),
-        "row_id": pa.array(np.arange(lo, lo + len(keep), dtype=np.int64), pa.int64()),
-        "source": pa.array([batch.sources[i] for i in keep], pa.string()),
-        "caption": pa.array([batch.captions[i] for i in keep], pa.string()),
-        "label": pa.array([batch.labels[i] for i in keep], pa.int64()),
-    }
-    fields = list(SAMPLES_BASE)
-    for name, values in sorted(batch.extra.items()):
-        samples[name] = pa.array([None if values[i] is None else str(values[i]) for i in keep], pa.string())
-        fields.append(pa.field(name, pa.string()))
-    return pa.table(samples, schema=pa.schema(fields))
-
-
-def grads_table(
-    key: str,
-    ids: Sequence[str],
-    timesteps: Sequence[float],
-    vec: np.ndarray,
-    norms: np.ndarray,
-    losses: np.ndarray,
-    dtype: str,
-) -> pa.Table:
-    """Rows ordered (key, t_idx), all K timesteps of a key consecutive: readers rely on this order."""
-    B, K, dim = vec.shape
-    np_dtype = np.float16 if dtype == "float16" else np.float32
-    flat = pa.array(np.ascontiguousarray(vec, dtype=np_dtype).reshape(-1))
-    return pa.table(
-        {
-            key: pa.array(np.repeat(np.asarray(ids, dtype=object), K), pa.string()),
-            "t_idx": pa.array(np.tile(np.arange(K, dtype=np.int32), B)),
-            "timestep": pa.array(np.tile(np.asarray(timesteps, dtype=np.float64), B)),
-            "vec": pa.FixedSizeListArray.from_arrays(flat, type=vec_type(dim, dtype)),
-            "norm": pa.array(np.asarray(norms, dtype=np.float64).reshape(-1)),
-            "loss": pa.array(np.asarray(losses, dtype=np.float64).reshape(-1)),
-        },
-        schema=grads_schema(dim, dtype, key),
-    )

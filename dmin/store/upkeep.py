@@ -37,7 +37,7 @@ from dmin.store.state import CHECKPOINT_EVERY, checkpoint_name
 FANIN = 16
 FINAL_BYTES = 256 << 20
 MERGED = ("samples", "grads", "failures", "queries", "query_grads", "results")  # never tombstones: their seq matters
-FOLDERS = {"samples": "samples", "failures": "failures", "queries": "queries/meta", "results": "results"}
+FOLDERS = {t: f for t, f in paths.FOLDERS.items() if t != paths.TOMBSTONES}  # tombstones stay one file each
 KEEP_CHECKPOINTS = 2
 
 
