@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -102,23 +102,41 @@ def _where(spec: str | Path) -> str:
     return str(spec) if is_hub_id(str(spec)) else str(Path(spec).expanduser().resolve())
 
 
-def prepare(
-    model: str | Path,
-    lora: str | Path | None = None,
-    params: str | None = None,
-    timesteps: int = 10,
-    timestep_list: Sequence[float] | None = None,
-    vs: Sequence[str | int] = (),
-    noise_seed: int = 0,
-    compress_seed: int = 0,
-    device: str = "auto",
-    dtype: str = "float32",
-    storage_dtype: str = "float32",
-    resolution: int | None = None,
-    latent_shape: Sequence[int] | None = None,
-) -> Setup:
-    """Load the model (and adapter), choose parameters, and build the identity a project must have."""
-    dtype = parse_dtype(dtype)
+@dataclass(frozen=True)
+class PrepareOptions:
+    """Every choice `prepare` makes besides the model, by name: what the CLI's collect options and a project's
+    identity (for a query) fill in."""
+
+    lora: str | Path | None = None  # a LoRA file, directory or Hub id: its parameters only get gradients
+    params: str | None = None  # a glob over parameter names
+    timesteps: int = 10  # K, spread over the schedule by the family
+    timestep_list: Sequence[float] | None = None  # the K timesteps themselves (instead of `timesteps`)
+    vs: Sequence[str | int] = ()  # the v's to store (`vs.DEFAULT_VS` when empty)
+    noise_seed: int = 0
+    compress_seed: int = 0
+    device: str = "auto"
+    dtype: str = "float32"  # compute dtype
+    storage_dtype: str = "float32"  # vector storage: float32 or float16
+    resolution: int | None = None  # pixels (default: the model's native size)
+    latent_shape: Sequence[int] | None = None  # a project's, which fixes the resolution for its queries
+
+
+def prepare(model: str | Path, options: PrepareOptions | None = None, **by_name: Any) -> Setup:
+    """Load the model (and adapter), choose parameters, and build the identity a project must have. Options come
+    as a PrepareOptions or by name (`prepare(model, lora=…, timesteps=10, vs=[4096])`), by-name ones winning."""
+    try:
+        opts = replace(options or PrepareOptions(), **by_name)
+    except TypeError as exc:
+        names = ", ".join(f.name for f in fields(PrepareOptions))
+        raise UsageError(f"prepare: {exc}; the options are {names}") from exc
+    return _prepare(model, opts)
+
+
+def _prepare(model: str | Path, o: PrepareOptions) -> Setup:
+    lora, params, timesteps, timestep_list, vs = o.lora, o.params, o.timesteps, o.timestep_list, o.vs
+    noise_seed, compress_seed, device, storage_dtype = o.noise_seed, o.compress_seed, o.device, o.storage_dtype
+    resolution, latent_shape = o.resolution, o.latent_shape
+    dtype = parse_dtype(o.dtype)
     if storage_dtype not in ("float32", "float16"):
         raise UsageError(f"--storage-dtype {storage_dtype!r}: choose float32 or float16")
     dev = resolve_device(device)

@@ -19,7 +19,7 @@ from PIL import Image
 
 from dmin.data import read_jsonl
 from dmin.errors import DataError, DminError, UsageError
-from dmin.gradients import Setup, prepare, query_gradients
+from dmin.gradients import PrepareOptions, Setup, prepare, query_gradients
 from dmin.index import current_index, knn, stale_count
 from dmin.models import StepCallback, check_condition
 from dmin.precondition import for_query
@@ -121,10 +121,9 @@ def open_for_query(
     model = model or ident.model_path
     if not model:
         raise UsageError("the project records no model path; pass --model DIR")
-    setup = prepare(
-        model,
-        lora or ident.lora_path,
-        ident.param_filter,
+    options = PrepareOptions(
+        lora=lora or ident.lora_path,
+        params=ident.param_filter,
         timestep_list=ident.timesteps,
         vs=ident.collect_vs,
         noise_seed=ident.noise_seed,
@@ -134,6 +133,7 @@ def open_for_query(
         storage_dtype=ident.dtype,
         latent_shape=ident.latent_shape,
     )
+    setup = prepare(model, options)
     ident.check_matches(setup.identity)
     return project, setup
 

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from dmin.collect import collect
+from dmin.errors import UsageError
 from dmin.gradients import prepare
 from dmin.store import Project
 from dmin.verify import verify
@@ -246,3 +247,15 @@ def test_clear_errors_before_any_work(models: dict[str, Path], data: Path, tmp_p
     assert ok.returncode == 0
     mismatch = _collect_cli(tmp_path / "q", models["ddpm_uncond"], data)
     assert mismatch.returncode == 1 and "model_fingerprint" in mismatch.stderr
+
+
+def test_prepare_takes_options_by_name_or_as_one_object() -> None:
+    from dmin.demo import MODEL
+    from dmin.gradients import PrepareOptions
+
+    by_name = prepare(MODEL, timesteps=3, vs=[256], noise_seed=5)
+    as_object = prepare(MODEL, PrepareOptions(timesteps=3, vs=[256], noise_seed=5))
+    assert by_name.identity == as_object.identity and by_name.identity.K == 3
+    assert prepare(MODEL, PrepareOptions(timesteps=3, vs=[256]), noise_seed=5).identity == by_name.identity
+    with pytest.raises(UsageError, match=r"timestep_count.*the options are lora, params, timesteps"):
+        prepare(MODEL, timestep_count=3)

@@ -69,24 +69,24 @@ def collect_cmd(
 ) -> None:
     """Collect compressed, normalized per-sample gradients; reruns skip committed samples."""
     from dmin.collect import CollectSummary, collect
-    from dmin.gradients import prepare
+    from dmin.gradients import PrepareOptions, prepare
 
     if timesteps is not None and timestep_list:
         raise UsageError("give --timesteps K or --timestep-list T (repeated), not both: one of them would be ignored")
-    setup = prepare(
-        model,
-        lora,
-        params,
-        timesteps or 10,
-        timestep_list,
-        v or (),
-        noise_seed,
-        compress_seed,
-        device,
-        dtype,
-        storage,
-        resolution,
+    options = PrepareOptions(
+        lora=lora,
+        params=params,
+        timesteps=timesteps or 10,
+        timestep_list=timestep_list,
+        vs=v or (),
+        noise_seed=noise_seed,
+        compress_seed=compress_seed,
+        device=device,
+        dtype=dtype,
+        storage_dtype=storage,
+        resolution=resolution,
     )
+    setup = prepare(model, options)
     for note in setup.notes:
         render.note(note, quiet=json_out)
     with render.progress(enabled=not json_out) as bar:
