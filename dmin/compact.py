@@ -122,7 +122,8 @@ def compact(project: Project, orphan_grace: float = ORPHAN_GRACE) -> CompactRepo
         if not supersedes and not clean:
             return None
         report.rows_dropped, report.indexes_erased, report.preconditioners_updated = dict(dropped), erased, updated
-        report.files_rewritten = len(files) - 3 * len(erased) - 4 * len(updated)  # builds: three and four files
+        builds_files = len(paths.INDEX_FILES) * len(erased) + len(paths.PRECONDITION_FILES) * len(updated)
+        report.files_rewritten = len(files) - builds_files
         meta: dict[str, Any] = {
             "rows_dropped": dict(dropped),
             "indexes_erased": erased,
