@@ -78,3 +78,23 @@ def test_the_scale_bench_runs(tmp_path: Path) -> None:
     assert res["live_files"] < res["manifest_entries"]  # the queries' and commits' small files were merged
     checks = out["targets"]["checks"]
     assert {"knn_p50_ms", "verify_deep_vs_disk", "collect_decision_s"} <= set(checks)
+
+
+def test_a_checkpointed_state_forgets_old_supersedes_as_a_replay_does() -> None:
+    """A checkpoint stores superseded files in path order; pruning must not depend on the order they came in (at
+    10^6 samples a state read from a checkpoint kept 65k superseded paths a replay had pruned: verify --deep)."""
+    from datetime import datetime, timedelta, timezone
+
+    from dmin.store.state import FORGET_SUPERSEDED_AFTER, State
+
+    now = datetime(2026, 12, 6, tzinfo=timezone.utc)
+    old = (now - timedelta(seconds=FORGET_SUPERSEDED_AFTER + 60)).isoformat()
+    young = (now - timedelta(seconds=10)).isoformat()
+    replay = State()
+    replay.superseded = {"b-old.parquet": (1, old), "c-young.parquet": (2, young)}  # the order they came in
+    loaded = State.from_json(replay.to_json("h"), "checkpoint", "h")
+    loaded.superseded = {"a-young.parquet": (3, young), **loaded.superseded}  # path order puts a young one first
+    replay.superseded["a-young.parquet"] = (3, young)
+    for state in (replay, loaded):
+        state._forget_old_supersedes(now.isoformat())
+    assert set(loaded.superseded) == set(replay.superseded) == {"a-young.parquet", "c-young.parquet"}

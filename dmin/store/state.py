@@ -102,11 +102,9 @@ class State:
         were deleted (`upkeep.sweep_superseded`), and any left are older than the orphan grace, so `compact` sweeps
         them as unnamed files."""
         cutoff = datetime.fromisoformat(now).timestamp() - FORGET_SUPERSEDED_AFTER
-        old = []
-        for path, (_, at) in self.superseded.items():  # in the order they were superseded: the oldest come first
-            if datetime.fromisoformat(at).timestamp() >= cutoff:
-                break
-            old.append(path)
+        # every entry is looked at, not only the front: a state read from a checkpoint holds them in path order, and
+        # stopping at the first young one there left a checkpoint's sum disagreeing with a replay (10^6 samples)
+        old = [path for path, (_, at) in self.superseded.items() if datetime.fromisoformat(at).timestamp() < cutoff]
         for path in old:
             del self.superseded[path]
 
