@@ -108,6 +108,14 @@ CASES = {
     "index --v not stored": Case("index proj --v 512", 2, r"v=512 is not stored", r"dmin compress \S+ --v 512"),
     "index no project": Case("index nope --v 256", 1, r"nope: no such directory", r"dmin collect nope"),
     "index --m 1": Case("index proj --v 256 --m 1", 2, r"--m must be", r"at least 2"),
+    # -- precondition -------------------------------------------------------------------------------------------
+    "precondition --v full": Case("precondition proj --v full", 2, r"v=full's Gram", r"precondition a compressed v"),
+    "precondition --lambda 0": Case("precondition proj --v 256 --lambda 0", 2, r"--lambda 0", r"a positive number"),
+    "precondition no project": Case("precondition nope --v 256", 1, r"nope: no such directory", r"dmin collect nope"),
+    "query --precondition without one": Case(
+        "query proj --image data/0001.png --label 1 --v 256 --precondition", 2, r"no preconditioner for v=256",
+        r"dmin precondition \S+ --v 256"
+    ),
     # -- query --------------------------------------------------------------------------------------------------
     "query --label 42": Case("query proj --image data/0001.png --label 42", 1, r"label 42 is outside", r"classes 0–9"),
     "query --label -1": Case("query proj --image data/0001.png --label -1", 2, r"got -1", r"a class index"),
