@@ -18,17 +18,21 @@ _RUN = 256  # values summed in float32 before the float64 total: relative error 
 @njit(cache=True, nogil=True, parallel=True, fastmath=True)
 def _row_dots(vecs, rows, query, out):  # pragma: no cover - compiled
     _, K, dim = vecs.shape
-    step = min(dim, _RUN)
+    full = dim // _RUN
     for r in prange(rows.shape[0]):
         i = rows[r]
         for k in range(K):
             total = 0.0
-            for lo in range(0, dim, step):
+            for b in range(full):  # whole runs: a fixed trip count, which LLVM unrolls and vectorizes (a run
+                base = b * _RUN  # bounded by min(…, dim) kept it scalar, 2–3× slower than the memory allows)
                 acc = np.float32(0.0)  # eight float32 lanes (fastmath): twice float64's, and the run stays short
-                for j in range(lo, min(lo + step, dim)):
-                    acc += vecs[i, k, j] * query[k, j]
+                for j in range(_RUN):
+                    acc += vecs[i, k, base + j] * query[k, base + j]
                 total += np.float64(acc)
-            out[r, k] = total
+            acc = np.float32(0.0)
+            for j in range(full * _RUN, dim):  # the tail: a run stops at the vector's end
+                acc += vecs[i, k, j] * query[k, j]
+            out[r, k] = total + np.float64(acc)
 
 
 def timestep_dots(vecs: np.ndarray, query: np.ndarray) -> np.ndarray:
