@@ -171,7 +171,7 @@ def _new_rows(project: Project, v: str, have: np.ndarray) -> Iterator[tuple[np.n
     keys = project.sample_keys()
     held = np.zeros(max(project.next_row_id(), int(have.max()) + 1 if len(have) else 0), bool)
     held[have] = True
-    for block in iter_blocks(project, v):
+    for block in iter_blocks(project, v, keep=False):
         rows = keys.lookup(block.keys)  # a forgotten row of a sample collected again maps to its new row: drop it
         keep = (rows >= 0) if block.alive is None else (rows >= 0) & block.alive
         keep[keep] = ~held[rows[keep]]
@@ -555,7 +555,7 @@ def self_test_recall(project: Project, idx: LoadedIndex, queries: int = 20, k: i
     in one pass over the vectors (None if too few)."""
     v = str(idx.meta["v"])
     picked: list[np.ndarray] = []
-    for block in iter_blocks(project, v):
+    for block in iter_blocks(project, v, keep=False):
         for i in block.live_rows()[: max(0, queries - len(picked))]:
             picked.append(np.asarray(block.vecs[i], dtype=np.float32))
     if not picked:
@@ -578,7 +578,7 @@ def exact_scores_many(project: Project, v: str, queries: np.ndarray, among: np.n
     flat_q = queries.reshape(len(queries), -1).astype(np.float32).T
     scores_parts: list[np.ndarray] = []  # each slice's candidates: scores (n, Q) and sample_ids (n,)
     id_parts: list[pa.Array] = []
-    for block in iter_blocks(project, v):
+    for block in iter_blocks(project, v, keep=False):
         rows = keys.lookup(block.keys)
         ok = (rows >= 0) if block.alive is None else (rows >= 0) & block.alive
         ok[ok] = among[rows[ok]]

@@ -199,7 +199,7 @@ def write_update(
     added_ids: list[pa.Array] = []
     removed = 0
     total = len(keys) if prev is None else int(gone.sum()) + max(0, len(keys) - (len(prev.held) - int(gone.sum())))
-    for block in iter_blocks(project, v):
+    for block in iter_blocks(project, v, keep=False):
         live = keys.contains(block.keys)
         if block.alive is not None:
             live &= block.alive

@@ -80,12 +80,16 @@ def read_rows(path: Path, keep: np.ndarray | None = None) -> pa.Table:
     return table.add_column(schema.get_field_index("vec"), field, column).cast(schema)
 
 
-def iter_blocks(project: Project, v: str, table: str = "grads", key: str = "sample_id") -> Iterator[VectorBlock]:
+def iter_blocks(
+    project: Project, v: str, table: str = "grads", key: str = "sample_id", keep: bool = True
+) -> Iterator[VectorBlock]:
     """The committed vector files of a table at v, each checked against its manifest checksum before it is read,
     with the rows of forgotten samples marked (`VectorBlock.alive`).
 
     Mapped blocks are kept per Project (views of the page cache, not copies), so a process that keeps its Project
-    open scores later queries at memory speed without re-reading or re-checking the files."""
+    open scores later queries at memory speed without re-reading or re-checking the files. A one-pass reader (verify's
+    self-test) passes keep=False: each mapping then goes with its block, and the process never holds every touched
+    page of a 10 GB table at once."""
     liveness = project.liveness() if key == "sample_id" else None
     refs = project.live_files(table, v)
     live, folder = {ref.path for ref in refs}, f"{grads_dir(v) if table == 'grads' else query_grads_dir(v)}/"
@@ -95,7 +99,7 @@ def iter_blocks(project: Project, v: str, table: str = "grads", key: str = "samp
         block = project.blocks.get(ref.path)
         if block is None:
             block = read_block(project.checked(ref), key, project.identity.K)
-            if block.mapped and len(project.blocks) < _MAX_KEPT:
+            if keep and block.mapped and len(project.blocks) < _MAX_KEPT:
                 project.blocks[ref.path] = block
         dead = liveness.dead(ref) if liveness else frozenset()
         if dead:
