@@ -14,7 +14,8 @@ rate is measured in the same run (O_DIRECT reads, past the page cache), and `ver
 (the project's files evicted with posix_fadvise).
 
 Keys: results[N][op] = {seconds, peak_rss_mb, peak_anon_mb, ...}; growth[op] = exponents between consecutive N;
-targets = pass or fail at the largest N (the figures the README quotes). `--plot docs/scale.png` draws seconds against N, log–log.
+targets = pass or fail at the largest N (the figures the README quotes). `--plot docs/scale.png` draws seconds against
+N, log–log.
 `--quick` (N = 2,000, 50 queries) keeps the script working in the test suite.
 """
 
