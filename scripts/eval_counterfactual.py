@@ -214,9 +214,9 @@ def run_setting(
             done[(r["method"], r["target"], r["k"])] = r
     n = len(setting.items)
     methods = list(ranks["targets"][0]["order"])
-    for frac in setting.fractions:
-        k = max(1, round(frac * n))
-        for q, t in enumerate(ranks["targets"]):
+    for q, t in enumerate(ranks["targets"]):  # target by target: a run stopped early has both k for those done
+        for frac in setting.fractions:
+            k = max(1, round(frac * n))
             for method in methods:
                 if (method, q, k) in done:
                     continue
