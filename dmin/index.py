@@ -34,8 +34,9 @@ from dmin.errors import IndexStale, IntegrityError, UsageError
 from dmin.findings import Findings
 from dmin.store import paths
 from dmin.store.atomic import file_checksum, write_atomic, write_bytes_atomic, write_parquet_atomic
+from dmin.store.builds import commit_build
 from dmin.store.manifest import Entry, FileRef
-from dmin.store.project import Commit, Project, Stage
+from dmin.store.project import Project
 from dmin.store.tables import labels_table
 from dmin.store.vectors import VectorBlock, iter_blocks
 from dmin.vs import resolve_v
@@ -139,31 +140,11 @@ def build_index(
         if prev is not None and not stale_count(project, prev):
             return None, {"added": 0, "count": len(prev.labels), "build": prev.meta["build"]}
         folder, written, built = write_build(project, v, params, prev, progress)
-        entry = project.transact(_commit_build(project, v, old, written, built))
+        meta = {"v": v, "build": built["build"], "count": built["count"]}
+        entry = commit_build(project, "index", v, lambda: current_index(project, v), old, folder, written, meta)
         if entry is not None:
             return entry, built
-        shutil.rmtree(folder, ignore_errors=True)  # another build for v was committed first: redo on top of it
-
-
-def _commit_build(
-    project: Project, v: str, old: LoadedIndex | None, written: list[tuple[str, Path]], built: dict[str, Any]
-) -> Callable[[Stage], Commit | None]:
-    """The plan that commits a written build, superseding the current one; it commits nothing when another build
-    for v landed since `old` (the one this build extends or replaces)."""
-
-    def plan(stage: Stage) -> Commit | None:
-        cur = current_index(project, v)
-        if _meta_path(cur) != _meta_path(old):
-            return None
-        files = [stage.adopt(table, table, v, path) for table, path in written]
-        meta = {"v": v, "build": built["build"], "count": built["count"]}
-        return Commit("index", files, meta, [f.path for f in cur.files.values()] if cur else [])
-
-    return plan
-
-
-def _meta_path(idx: LoadedIndex | None) -> str | None:
-    return idx.files["index_meta"].path if idx is not None else None
+        # another build for v was committed first: redo on top of it
 
 
 def _new_rows(project: Project, v: str, have: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, pa.Array]]:

@@ -32,9 +32,10 @@ from dmin.errors import IndexStale, IntegrityError, UsageError
 from dmin.findings import Findings
 from dmin.store import paths
 from dmin.store.atomic import write_atomic, write_bytes_atomic, write_parquet_atomic
+from dmin.store.builds import commit_build
 from dmin.store.keys import KeySet
 from dmin.store.manifest import Entry, FileRef
-from dmin.store.project import Commit, Project, Stage
+from dmin.store.project import Project
 from dmin.store.vectors import iter_blocks
 from dmin.vs import resolve_v
 
@@ -136,10 +137,11 @@ def build_preconditioner(
         if built is None:
             raise UsageError(f"no committed samples at v={v}: collect some before `dmin precondition`")
         folder, written, info = built
-        entry = project.transact(commit_plan(project, v, old, written, info))
+        meta = {"v": v, "count": info["count"], "lambda": info["lambda"]}
+        entry = commit_build(project, "precondition", v, lambda: current(project, v), old, folder, written, meta)
         if entry is not None:
             return entry, info
-        shutil.rmtree(folder, ignore_errors=True)  # another build for v was committed first: redo on top of it
+        # another build for v was committed first: redo on top of it
 
 
 def _check_v(project: Project, v: str | int) -> str:
@@ -153,27 +155,6 @@ def _check_v(project: Project, v: str | int) -> str:
             f"`dmin compress --v {MAX_V}`)"
         )
     return v
-
-
-def commit_plan(
-    project: Project, v: str, old: Preconditioner | None, written: list[tuple[str, Path]], info: dict[str, Any]
-) -> Callable[[Stage], Commit | None]:
-    """The plan that commits a written build superseding the current one; nothing when another build for v
-    landed since `old`."""
-
-    def plan(stage: Stage) -> Commit | None:
-        cur = current(project, v)
-        if _meta_path(cur) != _meta_path(old):
-            return None
-        files = [stage.adopt(table, table, v, path) for table, path in written]
-        meta = {"v": v, "count": info["count"], "lambda": info["lambda"]}
-        return Commit("precondition", files, meta, [f.path for f in cur.files.values()] if cur else [])
-
-    return plan
-
-
-def _meta_path(pre: Preconditioner | None) -> str | None:
-    return pre.files["precondition_meta"].path if pre is not None else None
 
 
 def write_update(

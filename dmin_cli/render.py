@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -81,3 +81,15 @@ def progress(enabled: bool = True) -> Iterator[Progress]:
     )
     with bar:
         yield bar
+
+
+def run_build(title: str, json_out: bool, build: Callable[[Callable[[int, int], None]], tuple[Any, dict]]) -> dict:
+    """Run a build (index, preconditioner) under a progress bar; its info with "changed" (a new build committed),
+    printed as JSON with --json. `build` takes the progress callback and returns (entry or None, info)."""
+    with progress(enabled=not json_out) as bar:
+        task = bar.add_task(title, total=None, rate="", note="")
+        entry, info = build(lambda done, total: bar.update(task, completed=done, total=total))
+    info["changed"] = entry is not None
+    if json_out:
+        print_json(info)
+    return info

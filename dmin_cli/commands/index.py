@@ -34,19 +34,13 @@ def index_cmd(
     from dmin.store import Project
 
     proj = Project.open(project)
-    with render.progress(enabled=not json_out) as bar:
-        task = bar.add_task(f"index v={v}", total=None, rate="", note="")
-        entry, info = build_index(
-            proj,
-            v,
-            IndexParams(m, ef_construction, threads, graph_v),
-            rebuild=rebuild,
-            progress=lambda done, total: bar.update(task, completed=done, total=total),
-        )
-    info["changed"] = entry is not None
+    params = IndexParams(m, ef_construction, threads, graph_v)
+    info = render.run_build(
+        f"index v={v}", json_out, lambda progress: build_index(proj, v, params, rebuild=rebuild, progress=progress)
+    )
     if json_out:
-        render.print_json(info)
-    elif entry is None:
+        return
+    if not info["changed"]:
         render.out.print(f"index v={v} is current ({info['count']} samples); nothing to do")
     else:
         render.out.print(f"index v={v} build {info['build']}: added {info['added']}, {info['count']} samples")

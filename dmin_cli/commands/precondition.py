@@ -30,15 +30,14 @@ def precondition_cmd(
     from dmin.store import Project
 
     proj = Project.open(project)
-    with render.progress(enabled=not json_out) as bar:
-        task = bar.add_task(f"precondition v={v}", total=None, rate="", note="")
-        entry, info = build_preconditioner(
-            proj, v, lam, rebuild=rebuild, progress=lambda done, total: bar.update(task, completed=done, total=total)
-        )
-    info["changed"] = entry is not None
+    info = render.run_build(
+        f"precondition v={v}",
+        json_out,
+        lambda progress: build_preconditioner(proj, v, lam, rebuild=rebuild, progress=progress),
+    )
     if json_out:
-        render.print_json(info)
-    elif entry is None:
+        return
+    if not info["changed"]:
         render.out.print(f"preconditioner v={v} is current ({info['count']} samples, λ={info['lambda']:g})")
     else:
         render.out.print(
