@@ -244,7 +244,7 @@ class _Verifier(Findings):
         unit length."""
         from dmin.kernels.dot import count_nonfinite_rows  # numba: only a deep check loads it
 
-        fast = plain_values(path, "vec")
+        fast = plain_values(path, "vec", populate=True)
         try:
             table = pq.read_table(path, columns=["norm", "loss"] if fast else ["vec", "norm", "loss"])
         except (OSError, pa.ArrowException) as exc:

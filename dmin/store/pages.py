@@ -107,16 +107,18 @@ def _int(fields: dict[int, object], fid: int) -> int:
     return v
 
 
-def plain_values(path: Path, column: str) -> tuple[np.ndarray, int] | None:
+def plain_values(path: Path, column: str, populate: bool = False) -> tuple[np.ndarray, int] | None:
     """(flat values, list size) of a fixed_size_list column as read-only views of the mapped file, or None when
-    the file is not in the uncompressed-PLAIN layout (the caller then reads it through Arrow)."""
+    the file is not in the uncompressed-PLAIN layout (the caller then reads it through Arrow). `populate` maps
+    every page at once (MAP_POPULATE) for a reader that will touch them all: one call instead of a fault per 4 KB
+    page; a reader of a few rows (kNN re-ranking) leaves it off."""
     try:
-        return _plain_values(path, column)
+        return _plain_values(path, column, populate)
     except (_Unsupported, IndexError, KeyError, ValueError, RecursionError):  # damaged bytes: let Arrow judge
         return None
 
 
-def _plain_values(path: Path, column: str) -> tuple[np.ndarray, int]:
+def _plain_values(path: Path, column: str, populate: bool) -> tuple[np.ndarray, int]:
     pf = pq.ParquetFile(path)
     arrow_type = pf.schema_arrow.field(column).type
     dim = getattr(arrow_type, "list_size", None)
@@ -134,7 +136,8 @@ def _plain_values(path: Path, column: str) -> tuple[np.ndarray, int]:
     if size == 0:
         raise _Unsupported("empty file")
     with open(path, "rb") as f:
-        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        flags = mmap.MAP_SHARED | (getattr(mmap, "MAP_POPULATE", 0) if populate else 0)
+        mm = mmap.mmap(f.fileno(), 0, flags=flags, prot=mmap.PROT_READ)
     buf = memoryview(mm)
     pieces: list[np.ndarray] = []
     for rg in range(pf.metadata.num_row_groups):

@@ -44,10 +44,11 @@ def vec_values(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return arr.values.to_numpy(zero_copy_only=False)
 
 
-def read_block(path: Path, key: str, K: int) -> VectorBlock:
-    """A file's vectors: views of the mapped pages when the layout allows (`pages`), else decoded by Arrow."""
+def read_block(path: Path, key: str, K: int, populate: bool = False) -> VectorBlock:
+    """A file's vectors: views of the mapped pages when the layout allows (`pages`; `populate` maps them all at
+    once, for a reader that reads every row), else decoded by Arrow."""
     try:
-        fast = plain_values(path, "vec")
+        fast = plain_values(path, "vec", populate)
         table = pq.read_table(path, columns=[key] if fast else [key, "vec"], memory_map=True)
     except (OSError, pa.ArrowException) as exc:
         raise IntegrityError(f"{path}: unreadable Parquet ({exc}); run `dmin verify`") from exc
@@ -66,7 +67,7 @@ def read_rows(path: Path, keep: np.ndarray | None = None) -> pa.Table:
     pages instead of decoded: rewriting a 1 GB grads file (compact, merges) costs a memory copy, not Arrow's list
     decoding at ~1 GB/s. Other layouts are read by Arrow."""
     schema = pq.read_schema(path)
-    fast = plain_values(path, "vec") if "vec" in schema.names else None
+    fast = plain_values(path, "vec", populate=True) if "vec" in schema.names else None
     if fast is None:
         table = pq.read_table(path, memory_map=True)
         return table if keep is None else table.filter(pa.array(keep))
@@ -98,7 +99,7 @@ def iter_blocks(
     for ref in refs:
         block = project.blocks.get(ref.path)
         if block is None:
-            block = read_block(project.checked(ref), key, project.identity.K)
+            block = read_block(project.checked(ref), key, project.identity.K, populate=not keep)
             if keep and block.mapped and len(project.blocks) < _MAX_KEPT:
                 project.blocks[ref.path] = block
         dead = liveness.dead(ref) if liveness else frozenset()
