@@ -24,7 +24,9 @@ generated image), `dmin`, `dmin_no_norm` (the same per-timestep scores weighted 
 paper's scorer without its L2 normalization) and `dmin_pre_<λ>` (`dmin precondition`, `query --precondition`).
 
 Every retrain's result is appended to <work>/<setting>/results.jsonl as it finishes and a rerun skips those done,
-so the run is resumable. The JSON printed (and written with --out) holds per setting and k: each method's mean ±
+so the run is resumable; `--minutes M` starts no retrain after M minutes and reports what is done (targets in
+order, each with both k and every method), with `retrains_left` for the rerun that finishes it.
+The JSON printed (and written with --out) holds per setting and k: each method's mean ±
 standard error of both measures, and paired win rates against random and pixel (the fraction of targets where the
 method's removal raised the target's loss more). `--quick` (2 targets, 40 items, 8 training steps, v = 256, k = 20%
 only) runs in the tests.
@@ -189,7 +191,7 @@ def _subset(src: Path, dst: Path, count: int) -> Path:
 
 
 def run_setting(
-    setting: Setting, work: Path, q_count: int, lams: list[float], v: str, log: Any
+    setting: Setting, work: Path, q_count: int, lams: list[float], v: str, log: Any, deadline: float = math.inf
 ) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     targets = [(label, 100 + q) for q, label in enumerate([0, 2, 3, 4, 5, 6, 8, 9][:q_count])]
@@ -214,42 +216,49 @@ def run_setting(
             done[(r["method"], r["target"], r["k"])] = r
     n = len(setting.items)
     methods = list(ranks["targets"][0]["order"])
-    for q, t in enumerate(ranks["targets"]):  # target by target: a run stopped early has both k for those done
-        for frac in setting.fractions:
-            k = max(1, round(frac * n))
-            for method in methods:
-                if (method, q, k) in done:
-                    continue
-                removed = np.zeros(n, bool)
-                removed[t["order"][method][:k]] = True
-                t0 = time.time()
-                new_unet, new_sched, _ = fit(setting, removed)
-                loss = target_loss(new_unet, new_sched, Image.open(t["image"]), t["label"])
-                folder = work / "retrained"
-                shutil.rmtree(folder, ignore_errors=True)
-                m, lo = save(setting, new_unet, new_sched, folder)
-                image = generate(m, lo, t["label"], t["seed"])
-                row = {
-                    "method": method,
-                    "target": q,
-                    "k": k,
-                    "loss_before": before[q][0],
-                    "loss_after": loss,
-                    "loss_rise": loss - before[q][0],
-                    "pixel_l2": float(np.sqrt(((image - before[q][1]) ** 2).sum())),
-                    "seconds": time.time() - t0,
-                }
-                with open(done_path, "a") as f:
-                    f.write(json.dumps(row) + "\n")
-                done[(method, q, k)] = row
-                log(f"{setting.name} k={k} target {q} {method}: loss rise {row['loss_rise']:+.5f} "
-                    f"({row['seconds']:.0f}s)")
+    todo = [  # target by target: a run stopped early has both k and every method for the targets it finished
+        (q, t, max(1, round(frac * n)), method)
+        for q, t in enumerate(ranks["targets"])
+        for frac in setting.fractions
+        for method in methods
+    ]
+    for q, t, k, method in todo:
+        if (method, q, k) in done:
+            continue
+        if time.time() > deadline:
+            break
+        removed = np.zeros(n, bool)
+        removed[t["order"][method][:k]] = True
+        t0 = time.time()
+        new_unet, new_sched, _ = fit(setting, removed)
+        loss = target_loss(new_unet, new_sched, Image.open(t["image"]), t["label"])
+        folder = work / "retrained"
+        shutil.rmtree(folder, ignore_errors=True)
+        m, lo = save(setting, new_unet, new_sched, folder)
+        image = generate(m, lo, t["label"], t["seed"])
+        row = {
+            "method": method,
+            "target": q,
+            "k": k,
+            "loss_before": before[q][0],
+            "loss_after": loss,
+            "loss_rise": loss - before[q][0],
+            "pixel_l2": float(np.sqrt(((image - before[q][1]) ** 2).sum())),
+            "seconds": time.time() - t0,
+        }
+        with open(done_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        done[(method, q, k)] = row
+        log(f"{setting.name} k={k} target {q} {method}: loss rise {row['loss_rise']:+.5f} ({row['seconds']:.0f}s)")
+    left = sum((method, q, k) not in done for q, _, k, method in todo)
     return {
         "train_items": n,
         "steps": setting.steps,
         "targets": [{"label": t["label"], "seed": t["seed"]} for t in ranks["targets"]],
         "fit_seconds": fit_s,
         "control_bitwise_equal": control,
+        "retrains_done": len(todo) - left,
+        "retrains_left": left,  # > 0: stopped by --minutes; a rerun with the same --work finishes them
         "by_k": summarize(list(done.values()), methods, n, setting.fractions),
     }
 
@@ -288,6 +297,9 @@ def main() -> None:
     ap.add_argument("--lambdas", type=float, nargs="+", default=[0.1], help="λ of the preconditioned scorers")
     ap.add_argument("--quick", action="store_true", help="2 targets, 40 items, 8 steps: the test suite's run")
     ap.add_argument("--out", type=Path, help="also write the JSON here")
+    ap.add_argument(
+        "--minutes", type=float, default=math.inf, help="start no retrain after this long; report what is done"
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     q_count = 2 if args.quick else args.targets
@@ -296,7 +308,13 @@ def main() -> None:
     for setting in settings(args.quick):
         if setting.name in args.settings:
             report[setting.name] = run_setting(
-                setting, args.work / setting.name, q_count, args.lambdas, v, lambda m: print(m, file=sys.stderr)
+                setting,
+                args.work / setting.name,
+                q_count,
+                args.lambdas,
+                v,
+                lambda m: print(m, file=sys.stderr),
+                deadline=time.time() + args.minutes * 60,
             )
     text = json.dumps(report, indent=2)
     if args.out:
