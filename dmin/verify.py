@@ -10,8 +10,10 @@ exit 0).
 from __future__ import annotations
 
 import contextlib
+import os
+import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +35,7 @@ from dmin.store.pages import plain_values
 from dmin.store.project import Project
 from dmin.store.schema import SAMPLES_BASE, fixed_schema, grads_schema
 from dmin.store.state import State, checkpoint_name
-from dmin.store.vectors import read_block, vec_values
+from dmin.store.vectors import read_blocks, vec_values
 
 FOLD_SAMPLES = 8
 
@@ -44,6 +46,7 @@ class Report:
     deep: bool
     findings: list[Finding]
     checked: dict[str, int]
+    seconds: dict[str, float] = field(default_factory=dict)  # per stage: where a slow check spends its time
 
     @property
     def healthy(self) -> bool:
@@ -58,6 +61,7 @@ class Report:
             "defects": sum(f.severity == "defect" for f in self.findings),
             "warnings": sum(f.severity == "warning" for f in self.findings),
             "findings": [asdict(f) for f in self.findings],
+            "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
         }
 
 
@@ -66,6 +70,7 @@ class _Verifier(Findings):
         super().__init__(deep)
         self.root = root
         self.progress = progress
+        self.seconds: dict[str, float] = {}
 
     def run(self) -> Report:
         try:
@@ -75,12 +80,14 @@ class _Verifier(Findings):
             return self.report()
         ident = project.identity
         self.checked["identity"] += 1
+        start = time.perf_counter()
         entries = self.entries(project, ident)
         try:
             refs = [live.ref for live in project.state().files.values()]
         except DminError as exc:
             self.defect("manifest", _file_of(exc), str(exc))
             return self.report()
+        self.seconds["manifest"] = time.perf_counter() - start
         stages = [
             ("files", lambda: self.check_files(ident, refs)),
             ("complete", lambda: self.check_complete(project, ident)),
@@ -97,14 +104,16 @@ class _Verifier(Findings):
                 ("orphan", lambda: self.check_orphans(project, entries)),
             ]
         for name, stage in stages:
+            start = time.perf_counter()
             try:
                 stage()
             except (DminError, OSError, ValueError, KeyError, RuntimeError, pa.ArrowException) as exc:  # never crash
                 self.defect(name, _file_of(exc), f"check could not complete: {exc}")
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
         return self.report()
 
     def report(self) -> Report:
-        return Report(str(self.root), self.deep, self.findings, dict(self.checked))
+        return Report(str(self.root), self.deep, self.findings, dict(self.checked), dict(self.seconds))
 
     # -- manifest -----------------------------------------------------------------------------------------
     def entries(self, project: Project, ident: Identity) -> list[Entry]:
@@ -202,6 +211,8 @@ class _Verifier(Findings):
     # -- files ------------------------------------------------------------------------------------------------
     def check_files(self, ident: Identity, refs: list[FileRef]) -> None:
         for i, ref in enumerate(refs, 1):
+            if self.deep and i < len(refs):
+                _read_ahead(self.root / refs[i].path)  # the disk reads the next file while this one is checked
             self.check_file(ident, ref)
             if self.progress:
                 self.progress(i, len(refs))
@@ -379,7 +390,7 @@ class _Verifier(Findings):
         for v in ident.vs:
             refs = project.live_files("grads", v)
             if refs:
-                block = read_block(self.root / refs[0].path, "sample_id", K)
+                block = read_blocks(self.root / refs[0].path, "sample_id", K)[0]
                 first[v] = (block.keys.to_pylist()[:FOLD_SAMPLES], np.asarray(block.vecs[:FOLD_SAMPLES], np.float32))
         numeric = sorted((int(v) for v in first if v != "full"), reverse=True)
         comp = Compressor(ident.n, ident.compress_seed)
@@ -413,13 +424,13 @@ class _Verifier(Findings):
         out: dict[str, np.ndarray] = {}
         wanted = pa.array(keys, pa.string())
         for ref in project.live_files("grads", v):
-            block = read_block(self.root / ref.path, "sample_id", project.identity.K)
-            at = pc.index_in(wanted, value_set=block.keys).to_numpy(zero_copy_only=False)
-            for key, pos in zip(keys, at, strict=True):
-                if pos == pos and key not in out:  # NaN: not in this file
-                    out[key] = np.asarray(block.vecs[int(pos)], np.float32)
-            if len(out) == len(keys):
-                break
+            for block in read_blocks(self.root / ref.path, "sample_id", project.identity.K):
+                at = pc.index_in(wanted, value_set=block.keys).to_numpy(zero_copy_only=False)
+                for key, pos in zip(keys, at, strict=True):
+                    if pos == pos and key not in out:  # NaN: not in this block
+                        out[key] = np.asarray(block.vecs[int(pos)], np.float32)
+                if len(out) == len(keys):
+                    return out
         return out
 
     def check_orphans(self, project: Project, entries: list[Entry]) -> None:
@@ -437,6 +448,18 @@ class _Verifier(Findings):
                             rel,
                             "not named by any manifest entry (left by an interrupted write); readers ignore it",
                         )
+
+
+def _read_ahead(path: Path) -> None:
+    """Ask the kernel to start reading a file into the page cache now (posix_fadvise WILLNEED; a no-op where the
+    call or the file is missing)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+    os.close(fd)
 
 
 def _file_of(exc: BaseException) -> str:

@@ -13,7 +13,15 @@ from dmin.kernels.dot import timestep_dots
 from dmin.store.atomic import write_parquet_atomic
 from dmin.store.pages import plain_values
 from dmin.store.schema import vec_type
-from dmin.store.vectors import read_block
+from dmin.store.vectors import VectorBlock, read_blocks
+
+
+def read_all(path: Path, K: int) -> tuple[list[VectorBlock], list[str], np.ndarray, bool]:
+    """A file's blocks, and their keys, vectors (rows, dim) and mapped flags taken together."""
+    blocks = read_blocks(path, "sample_id", K)
+    keys = [k for b in blocks for k in b.keys.to_pylist()]
+    vecs = np.concatenate([b.vecs.reshape(-1, b.vecs.shape[-1]) for b in blocks])
+    return blocks, keys, vecs, all(b.mapped for b in blocks)
 
 
 def vec_table(rows: int, dim: int, dtype: str = "float32", seed: int = 0) -> tuple[pa.Table, np.ndarray]:
@@ -49,10 +57,10 @@ def test_plain_values_equal_arrow(tmp_path: Path, options: dict, dtype: str) -> 
     if not options:  # dmin's layout: one page per group, so a read-only view of the mapping, not a copy
         assert not flat.flags.writeable and not flat.flags.owndata
     np.testing.assert_array_equal(flat.reshape(50, 24), x)
-    block = read_block(path, "sample_id", K=2)
-    assert block.mapped == ("data_page_size" not in options)  # several pages are joined into a copy
-    assert block.keys.to_pylist() == [f"s{i:04d}" for i in range(25)]
-    np.testing.assert_array_equal(block.vecs.reshape(50, 24), x)
+    _, keys, vecs, mapped = read_all(path, K=2)
+    assert mapped == ("data_page_size" not in options)  # pages that split rows are joined into a copy
+    assert keys == [f"s{i:04d}" for i in range(25)]
+    np.testing.assert_array_equal(vecs, x)
 
 
 @pytest.mark.parametrize("options", [{}, {"compression": "zstd"}, {"compression": "none"}])
@@ -61,9 +69,9 @@ def test_layouts_the_fast_path_cannot_map_fall_back(tmp_path: Path, options: dic
     path = tmp_path / "b.parquet"
     pq.write_table(table, path, **options)  # dictionary encoding or compression: Arrow must decode
     assert plain_values(path, "vec") is None
-    block = read_block(path, "sample_id", K=2)
-    assert not block.mapped
-    np.testing.assert_array_equal(block.vecs.reshape(20, 8), x)
+    _, _, vecs, mapped = read_all(path, K=2)
+    assert not mapped
+    np.testing.assert_array_equal(vecs, x)
 
 
 def test_unaligned_views_score_like_aligned_copies(tmp_path: Path) -> None:
@@ -119,5 +127,32 @@ def test_rows_too_big_for_one_page_use_split_pages(tmp_path: Path, monkeypatch: 
     write_parquet_atomic(path, table)
     meta = pq.ParquetFile(path).metadata
     assert meta.num_row_groups == 50  # one row per group
-    block = read_block(path, "sample_id", K=2)
-    np.testing.assert_array_equal(block.vecs.reshape(50, 24), x)
+    _, keys, vecs, _ = read_all(path, K=2)
+    assert keys == [f"s{i:04d}" for i in range(25)]
+    np.testing.assert_array_equal(vecs, x)
+
+
+def test_a_file_of_several_row_groups_is_read_in_place_group_by_group(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A merged file past 1 GiB holds several row groups whose sizes need not be multiples of K: each group is a
+    view of the mapping (joining them copied the whole file on every read: 3.4 s an exact query at 10^6), and a
+    sample whose K rows straddle two groups gets a block of its own."""
+    import dmin.store.atomic as atomic
+
+    monkeypatch.setattr(atomic, "_GROUP_BYTES", 7 * 24 * 4)  # groups of 7 rows: every other boundary splits a sample
+    table, x = vec_table(50, 24)
+    path = tmp_path / "groups.parquet"
+    write_parquet_atomic(path, table)
+    assert pq.ParquetFile(path).metadata.num_row_groups == 8
+    blocks, keys, vecs, _ = read_all(path, K=2)
+    assert keys == [f"s{i:04d}" for i in range(25)]  # every sample once, in order
+    np.testing.assert_array_equal(vecs, x)
+    whole = [b for b in blocks if len(b.keys) > 1]
+    assert whole and all(b.mapped and not b.vecs.flags.owndata for b in whole)  # views, not copies
+    straddled = [b.keys.to_pylist() for b in blocks if not b.mapped]  # rows 6-7, 20-21, 34-35, 48-49
+    assert straddled == [["s0003"], ["s0010"], ["s0017"], ["s0024"]]
+    query = np.random.default_rng(1).standard_normal((2, 24)).astype(np.float32)
+    got = np.concatenate([timestep_dots(b.vecs, query) for b in blocks])
+    want = np.einsum("nkd,kd->nk", x.reshape(25, 2, 24).astype(np.float64), query)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -45,6 +45,23 @@ def test_opening_reads_a_bounded_number_of_entries(tmp_path: Path, monkeypatch: 
     assert report.healthy and {f.check for f in report.findings} == {"checkpoint"}  # named, as a warning
 
 
+def test_a_merge_writes_at_most_one_row_group(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Merges stop at MERGED_BYTES (one row group of vectors), so no reader holds a multi-GB merged file at once;
+    no row is lost for it."""
+    import dmin.store.upkeep as upkeep
+
+    p = Project.create(tmp_path / "proj", make_identity())
+    add_samples(p, 0, 2, seed=0)
+    one = p.live_files("grads", "256")[0].bytes
+    monkeypatch.setattr(upkeep, "MERGED_BYTES", 4 * one)
+    for i in range(2, 80, 2):
+        add_samples(p, i, 2, seed=i)
+    merges = [e for e in p.entries() if e.kind == "merge" and e.meta.get("table") == "grads"]
+    assert merges and all(e.meta["files"] <= 4 for e in merges)  # 16 of a tier would have merged at once
+    assert len(p.read_table("grads", "256", columns=["sample_id"])) == 160
+    assert verify(p.root, deep=True).healthy
+
+
 def test_small_files_are_merged_and_no_row_is_lost(tmp_path: Path) -> None:
     p = Project.create(tmp_path / "proj", make_identity())
     for i in range(0, 80, 2):

@@ -111,14 +111,24 @@ def plain_values(path: Path, column: str, populate: bool = False) -> tuple[np.nd
     """(flat values, list size) of a fixed_size_list column as read-only views of the mapped file, or None when
     the file is not in the uncompressed-PLAIN layout (the caller then reads it through Arrow). `populate` maps
     every page at once (MAP_POPULATE) for a reader that will touch them all: one call instead of a fault per 4 KB
-    page; a reader of a few rows (kNN re-ranking) leaves it off."""
+    page; a reader of a few rows (kNN re-ranking) leaves it off. A file of several pages (row groups) comes back
+    joined, a copy: readers of whole tables use `plain_pieces`."""
+    found = plain_pieces(path, column, populate)
+    if found is None or not found[0]:
+        return None
+    pieces, dim = found
+    return (pieces[0] if len(pieces) == 1 else np.concatenate(pieces)), dim
+
+
+def plain_pieces(path: Path, column: str, populate: bool = False) -> tuple[list[np.ndarray], int] | None:
+    """As `plain_values`, the values of each data page apart (views, never a copy)."""
     try:
-        return _plain_values(path, column, populate)
+        return _plain_pieces(path, column, populate)
     except (_Unsupported, IndexError, KeyError, ValueError, RecursionError):  # damaged bytes: let Arrow judge
         return None
 
 
-def _plain_values(path: Path, column: str, populate: bool) -> tuple[np.ndarray, int]:
+def _plain_pieces(path: Path, column: str, populate: bool) -> tuple[list[np.ndarray], int]:
     pf = pq.ParquetFile(path)
     arrow_type = pf.schema_arrow.field(column).type
     dim = getattr(arrow_type, "list_size", None)
@@ -182,5 +192,4 @@ def _plain_values(path: Path, column: str, populate: bool) -> tuple[np.ndarray, 
     total = sum(p.size for p in pieces)
     if total != pf.metadata.num_rows * dim:
         raise _Unsupported("value count is not rows × list size")
-    flat = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
-    return flat, dim
+    return pieces, dim

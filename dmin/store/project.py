@@ -142,7 +142,7 @@ class Project:
         self._liveness: tuple[tuple[str, ...], Liveness] | None = None
         self._keys: tuple[int, KeySet] | None = None
         self._maintaining = False
-        self.blocks: dict[str, Any] = {}  # committed path -> vectors.VectorBlock, filled by vectors.iter_blocks
+        self.blocks: dict[str, Any] = {}  # committed path -> its vectors.VectorBlocks, filled by vectors.iter_blocks
         self._footers: dict[str, pq.ParquetFile] = {}  # samples files opened by `samples_by_row`
         self.indexes: dict[str, Any] = {}  # v -> index.LoadedIndex, the current build with its graph once loaded
         self.preconditioners: dict[str, Any] = {}  # v -> precondition.Preconditioner, the current build

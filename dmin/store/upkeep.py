@@ -11,7 +11,9 @@ after a write (Delta Lake's checkpoints and auto-compaction, Iceberg's rewrite o
   samples, by an ordinary commit (kind `merge`) that supersedes them. A row is rewritten about once per tier it
   climbs (~4 times from a 64-sample commit to a 256 MB file) and a table holds at most ~FANIN files per tier;
   files of `FINAL_BYTES` or more are left as they are (`merge_small(..., everything=True)` merges every group of
-  small files at once, for tools);
+  small files at once, for tools), and no merge writes more than `MERGED_BYTES` (a merged grads file stays one
+  row group, one mapped view: at 10^6 samples, 2.5 GB merges of 16 tier-6 files held three groups, and every
+  reader that needs the whole file in memory — a compact's rewrite, `compress` — held 2.5 GB of it at once);
 - files superseded more than `ORPHAN_GRACE` ago (by a merge, a compact or a newer index build) are deleted: a
   reader plans against a snapshot and opens its files within seconds, far less than that.
 
@@ -36,6 +38,7 @@ from dmin.store.state import CHECKPOINT_EVERY, checkpoint_name
 
 FANIN = 16
 FINAL_BYTES = 256 << 20
+MERGED_BYTES = 1 << 30  # a merge's output at most (about): one row group of vectors (`atomic._GROUP_BYTES`)
 MERGED = ("samples", "grads", "failures", "queries", "query_grads", "results")  # never tombstones: their seq matters
 FOLDERS = {t: f for t, f in paths.FOLDERS.items() if t != paths.TOMBSTONES}  # tombstones stay one file each
 KEEP_CHECKPOINTS = 2
@@ -128,7 +131,15 @@ def _pick(group: list[FileRef], everything: bool) -> list[FileRef]:
     for ref in group:
         by_tier[tier(ref.bytes)].append(ref)
     full = sorted(t for t, refs in by_tier.items() if len(refs) >= FANIN)
-    return by_tier[full[0]][:FANIN] if full else []
+    if not full:
+        return []
+    picked, size = [], 0
+    for ref in by_tier[full[0]][:FANIN]:
+        if len(picked) >= 2 and size + ref.bytes > MERGED_BYTES:
+            break
+        picked.append(ref)
+        size += ref.bytes
+    return picked
 
 
 def _merge_plan(project: Project, table: str, v: str | None, everything: bool):  # type: ignore[no-untyped-def]

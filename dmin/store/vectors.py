@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dmin.errors import IntegrityError
-from dmin.store.pages import plain_values
+from dmin.store.pages import plain_pieces, plain_values
 from dmin.store.paths import grads_dir, query_grads_dir
 from dmin.store.project import Project
 
@@ -44,22 +44,47 @@ def vec_values(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return arr.values.to_numpy(zero_copy_only=False)
 
 
-def read_block(path: Path, key: str, K: int, populate: bool = False) -> VectorBlock:
-    """A file's vectors: views of the mapped pages when the layout allows (`pages`; `populate` maps them all at
-    once, for a reader that reads every row), else decoded by Arrow."""
+def read_blocks(path: Path, key: str, K: int, populate: bool = False) -> list[VectorBlock]:
+    """A file's vectors as views of its mapped pages when the layout allows (`pages`; `populate` maps them all at
+    once, for a reader that reads every row), else decoded by Arrow.
+
+    A file of several row groups (a merged file past 1 GiB) gives one block per group, each a view: joining them
+    would copy the file into memory on every read. A sample whose K rows straddle two groups gets a small block of
+    its own (a copy of K rows). Pages that split a row (v=full rows past 16 MiB) are joined into one copy."""
     try:
-        fast = plain_values(path, "vec", populate)
+        fast = plain_pieces(path, "vec", populate)
+        fast = fast if fast and fast[0] else None
         table = pq.read_table(path, columns=[key] if fast else [key, "vec"], memory_map=True)
     except (OSError, pa.ArrowException) as exc:
         raise IntegrityError(f"{path}: unreadable Parquet ({exc}); run `dmin verify`") from exc
-    flat, dim = fast or (vec_values(table.column("vec")), table.schema.field("vec").type.list_size)
-    rows = flat.size // dim
+    if fast is None:
+        pieces, dim = [vec_values(table.column("vec"))], table.schema.field("vec").type.list_size
+    else:
+        pieces, dim = fast
+        if len(pieces) > 1 and any(p.size % dim for p in pieces):
+            pieces = [np.concatenate(pieces)]
+    rows = sum(p.size for p in pieces) // dim
     if rows % K or len(table) != rows:
         raise IntegrityError(f"{path}: {len(table)} rows, {rows} vectors, K={K}: inconsistent; run `dmin verify`")
-    mapped = fast is not None and not flat.flags.owndata  # several pages are joined into a copy
     keys = table.column(key).combine_chunks()
     keys = keys.take(pa.array(np.arange(0, rows, K))) if K > 1 else keys
-    return VectorBlock(keys, flat.reshape(rows // K, K, dim), path, mapped)
+    mapped = fast is not None and not pieces[0].flags.owndata
+    if len(pieces) == 1:
+        return [VectorBlock(keys, pieces[0].reshape(rows // K, K, dim), path, mapped)]
+    blocks: list[VectorBlock] = []
+    starts = np.cumsum([0] + [p.size // dim for p in pieces])  # each piece's first row
+    for j, piece in enumerate(pieces):
+        lo, hi = int(starts[j]), int(starts[j + 1])
+        first, last = -(-lo // K), hi // K  # the samples wholly inside this piece
+        if last > first:
+            part = piece.reshape(-1, dim)[first * K - lo : last * K - lo]
+            blocks.append(VectorBlock(keys[first:last], part.reshape(-1, K, dim), path, mapped))
+        if hi % K and j + 1 < len(pieces):  # sample hi // K straddles this piece's end
+            s = hi // K
+            rows_of = [p.reshape(-1, dim)[max(s * K, a) - a : min(s * K + K, b) - a]
+                       for p, a, b in zip(pieces, starts[:-1], starts[1:], strict=True) if a < s * K + K and b > s * K]
+            blocks.append(VectorBlock(keys[s : s + 1], np.concatenate(rows_of).reshape(1, K, dim), path, False))
+    return blocks
 
 
 def read_rows(path: Path, keep: np.ndarray | None = None) -> pa.Table:
@@ -97,14 +122,17 @@ def iter_blocks(
     for path in [p for p in project.blocks if p.startswith(folder) and p not in live]:
         del project.blocks[path]  # merged or compacted away: let the mapping (and the deleted file's blocks) go
     for ref in refs:
-        block = project.blocks.get(ref.path)
-        if block is None:
-            block = read_block(project.checked(ref), key, project.identity.K, populate=not keep)
-            if keep and block.mapped and len(project.blocks) < _MAX_KEPT:
-                project.blocks[ref.path] = block
+        blocks = project.blocks.get(ref.path)
+        if blocks is None:
+            blocks = read_blocks(project.checked(ref), key, project.identity.K, populate=not keep)
+            if keep and blocks[0].mapped and len(project.blocks) < _MAX_KEPT:
+                project.blocks[ref.path] = blocks
         dead = liveness.dead(ref) if liveness else frozenset()
-        if dead:
-            alive = ~pc.is_in(block.keys, value_set=pa.array(sorted(dead), pa.string())).to_numpy(zero_copy_only=False)
-            if not alive.all():
-                block = replace(block, alive=alive)
-        yield block
+        for block in blocks:
+            if dead:
+                alive = ~pc.is_in(block.keys, value_set=pa.array(sorted(dead), pa.string())).to_numpy(
+                    zero_copy_only=False
+                )
+                if not alive.all():
+                    block = replace(block, alive=alive)
+            yield block
