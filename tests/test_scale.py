@@ -108,10 +108,11 @@ def test_a_checkpointed_state_forgets_old_supersedes_as_a_replay_does() -> None:
     old = (now - timedelta(seconds=FORGET_SUPERSEDED_AFTER + 60)).isoformat()
     young = (now - timedelta(seconds=10)).isoformat()
     replay = State()
-    replay.superseded = {"b-old.parquet": (1, old), "c-young.parquet": (2, young)}  # the order they came in
-    loaded = State.from_json(replay.to_json("h"), "checkpoint", "h")
-    loaded.superseded = {"a-young.parquet": (3, young), **loaded.superseded}  # path order puts a young one first
-    replay.superseded["a-young.parquet"] = (3, young)
+    replay.supersede("b-old.parquet", 1, old)  # the order they came in
+    replay.supersede("c-young.parquet", 2, young)
+    replay.supersede("a-young.parquet", 3, young)
+    loaded = State.from_json(replay.to_json("h"), "checkpoint", "h")  # path order puts a young one first
+    assert list(loaded.superseded)[0] == "a-young.parquet"
     for state in (replay, loaded):
         state._forget_old_supersedes(now.isoformat())
     assert set(loaded.superseded) == set(replay.superseded) == {"a-young.parquet", "c-young.parquet"}

@@ -12,6 +12,7 @@ step replays the entries instead (`dmin verify --deep` replays them all and comp
 
 from __future__ import annotations
 
+import heapq
 import json
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -58,6 +59,14 @@ class State:
     sample_events: list[int] = field(default_factory=list)  # seqs of samples and forget entries folded in this
     # process (not stored): what a reader's caches of the live samples must catch up on
     last_commit_at: str | None = None
+    # `superseded` by time, (timestamp, path): pruning pops the old ones instead of parsing every entry's time
+    # (an all-entries scan every 64 commits cost 14 s of a 30,000-entry replay)
+    by_time: list[tuple[float, str]] = field(default_factory=list, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.superseded and not self.by_time:  # read from a checkpoint
+            self.by_time = [(_timestamp(at), path) for path, (_, at) in self.superseded.items()]
+            heapq.heapify(self.by_time)
 
     # ---- folding --------------------------------------------------------------------------------------------
     def apply(self, e: Entry) -> None:
@@ -66,7 +75,7 @@ class State:
             raise IntegrityError(f"{paths.manifest_name(self.seq + 1)}: entry {e.seq} follows {self.seq}")
         for path in e.supersedes:
             self._drop(path)
-            self.superseded[path] = (e.seq, e.created_at)
+            self.supersede(path, e.seq, e.created_at)
         roots = e.meta.get("data_roots", {})
         for f in e.files:
             root = (roots.get(f.path) or e.meta.get("data_root")) if f.table == "samples" else None
@@ -97,16 +106,22 @@ class State:
         if e.seq % CHECKPOINT_EVERY == 0:
             self._forget_old_supersedes(e.created_at)
 
+    def supersede(self, path: str, seq: int, at: str) -> None:
+        """Track a file superseded by entry `seq` at time `at` until it is old enough to forget."""
+        self.superseded[path] = (seq, at)
+        heapq.heappush(self.by_time, (_timestamp(at), path))
+
     def _forget_old_supersedes(self, now: str) -> None:
         """Stop tracking files superseded long before `now` (entry time, so a replay prunes the same): by then they
         were deleted (`upkeep.sweep_superseded`), and any left are older than the orphan grace, so `compact` sweeps
         them as unnamed files."""
-        cutoff = datetime.fromisoformat(now).timestamp() - FORGET_SUPERSEDED_AFTER
-        # every entry is looked at, not only the front: a state read from a checkpoint holds them in path order, and
-        # stopping at the first young one there left a checkpoint's sum disagreeing with a replay (10^6 samples)
-        old = [path for path, (_, at) in self.superseded.items() if datetime.fromisoformat(at).timestamp() < cutoff]
-        for path in old:
-            del self.superseded[path]
+        cutoff = _timestamp(now) - FORGET_SUPERSEDED_AFTER
+        # by time over all of them, not from the front of the dict: a state read from a checkpoint holds them in path
+        # order, and stopping at the first young one there left a checkpoint's sum disagreeing with a replay
+        while self.by_time and self.by_time[0][0] < cutoff:
+            at, path = heapq.heappop(self.by_time)
+            if path in self.superseded and _timestamp(self.superseded[path][1]) == at:
+                del self.superseded[path]
 
     def _add(self, live: Live) -> None:
         self.files[live.ref.path] = live
@@ -185,6 +200,10 @@ class State:
     def same_as(self, other: State) -> bool:
         """Whether two states say the same (a checkpoint against a replay, in `verify --deep`)."""
         return self.to_json("") == other.to_json("")
+
+
+def _timestamp(iso: str) -> float:
+    return datetime.fromisoformat(iso).timestamp()
 
 
 def _live_row(live: Live) -> list[Any]:
