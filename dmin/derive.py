@@ -27,6 +27,9 @@ from dmin.vs import derive, source_for
 _TABLES = (("grads", "sample_id", paths.grads_dir), ("query_grads", "query_id", paths.query_grads_dir))
 
 
+_DERIVE_ROWS = 65536  # rows derived at a time
+
+
 def _keys_at(project: Project, table: str, key: str, v: str) -> KeySet:
     """Keys with live rows at v (`store.keys`: a million of them are 24 MB, not a million Python strings)."""
     have = KeySet()
@@ -44,11 +47,13 @@ def _derived_rows(project: Project, ref: FileRef, key: str, rows: np.ndarray, sr
     keep[rows] = True
     table = read_rows(project.checked(ref), keep)
     dim = table.schema.field("vec").type.list_size
-    out = derive(vec_values(table.column("vec")).reshape(-1, dim), src, v, ident)
+    src_vecs = vec_values(table.column("vec")).reshape(-1, dim)
     np_dtype = np.float16 if ident.dtype == "float16" else np.float32
-    vec_col = pa.FixedSizeListArray.from_arrays(
-        pa.array(out.astype(np_dtype).reshape(-1)), type=vec_type(v, ident.dtype)
-    )
+    out = np.empty((len(src_vecs), v), np_dtype)
+    # in slices, so derive's copies stay small: whole, the 2.5 GB files of a 10^6 project took 14.6 GB
+    for lo in range(0, len(src_vecs), _DERIVE_ROWS):
+        out[lo : lo + _DERIVE_ROWS] = derive(src_vecs[lo : lo + _DERIVE_ROWS], src, v, ident)
+    vec_col = pa.FixedSizeListArray.from_arrays(pa.array(out.reshape(-1)), type=vec_type(v, ident.dtype))
     new = table.set_column(table.schema.get_field_index("vec"), "vec", vec_col)
     return new.cast(grads_schema(v, ident.dtype, key))
 

@@ -428,7 +428,7 @@ class _Verifier(Findings):
                 at = pc.index_in(wanted, value_set=block.keys).to_numpy(zero_copy_only=False)
                 for key, pos in zip(keys, at, strict=True):
                     if pos == pos and key not in out:  # NaN: not in this block
-                        out[key] = np.asarray(block.vecs[int(pos)], np.float32)
+                        out[key] = np.array(block.vecs[int(pos)], np.float32)  # a copy: torch wants it writable
                 if len(out) == len(keys):
                     return out
         return out

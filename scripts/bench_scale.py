@@ -490,8 +490,15 @@ def plot(results: dict[int, dict[str, Any]], path: Path) -> None:
 
     ns = sorted(results)
     fig, ax = plt.subplots(figsize=(8, 5.5))
-    for name in OPS + QUERY_OPS:
-        ax.plot(ns, [_seconds(results[n], name) for n in ns], marker="o", label=name.replace("_p50_s", " query p50"))
+    styles = ["-", "--", ":"]  # the color cycle repeats after ten lines: the line style tells them apart
+    for i, name in enumerate(OPS + QUERY_OPS):
+        ax.plot(
+            ns,
+            [_seconds(results[n], name) for n in ns],
+            marker="os^"[i // 10 % 3],
+            linestyle=styles[i // 10 % 3],
+            label=name.replace("_p50_s", " query p50"),
+        )
     ref = _seconds(results[ns[0]], "index")
     ax.plot(ns, [ref * n / ns[0] for n in ns], "k--", linewidth=0.8, label="∝ N (for reference)")
     ax.set_xscale("log")
