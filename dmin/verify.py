@@ -364,7 +364,8 @@ class _Verifier(Findings):
         held = sum(
             int(dead.sum()) for ref in project.live_files("samples") if (dead := project.dead_rows(ref)) is not None
         )
-        left = [p for p in project.state().superseded if (self.root / p).is_file()]
+        on_disk = _files_under(self.root, paths.DATA_DIRS)  # one listing, not a stat per superseded path (66k at
+        left = [p for p in project.state().superseded if p in on_disk]  # 10^6 samples)
         self.checked["forgotten"] = len(liveness.forgotten)
         if held or left:
             self.warn(
@@ -448,6 +449,16 @@ class _Verifier(Findings):
                             rel,
                             "not named by any manifest entry (left by an interrupted write); readers ignore it",
                         )
+
+
+def _files_under(root: Path, tops: tuple[str, ...] | list[str]) -> set[str]:
+    """Every file below these top folders of a project, as paths relative to the root with forward slashes."""
+    found: set[str] = set()
+    for top in tops:
+        for folder, _, names in os.walk(root / top):
+            rel = Path(folder).relative_to(root).as_posix()
+            found.update(f"{rel}/{name}" for name in names)
+    return found
 
 
 def _read_ahead(path: Path) -> None:
