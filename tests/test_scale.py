@@ -112,7 +112,7 @@ def test_a_checkpointed_state_forgets_old_supersedes_as_a_replay_does() -> None:
     replay.supersede("c-young.parquet", 2, young)
     replay.supersede("a-young.parquet", 3, young)
     loaded = State.from_json(replay.to_json("h"), "checkpoint", "h")  # path order puts a young one first
-    assert list(loaded.superseded)[0] == "a-young.parquet"
+    assert next(iter(loaded.superseded)) == "a-young.parquet"
     for state in (replay, loaded):
         state._forget_old_supersedes(now.isoformat())
     assert set(loaded.superseded) == set(replay.superseded) == {"a-young.parquet", "c-young.parquet"}
