@@ -617,10 +617,16 @@ def hostile_input(env: Env) -> dict[str, Any]:
         passed += ok
         detail[name] = "one clear line" if ok else f"FAILED rc={res.returncode}: {out.strip()[:200]}"
     r = run(["collect", str(root / "nanp"), "--model", str(nan), "--data", str(env.data), *COLLECT, "--json"])
-    ok = r.returncode == 0 and json.loads(r.stdout)["failed"] == 12 and not Project.open(root / "nanp").sample_ids()
+    lines = r.stderr.strip().splitlines()
+    ok = (  # nothing collected and everything failed: exit 1 with the count, and no half-made project left behind
+        r.returncode == 1
+        and len(lines) == 1
+        and "none of the 12 sample(s) could be collected" in lines[0]
+        and not Project.exists(root / "nanp")
+    )
     trials += 1
     passed += ok
-    detail["NaN weights"] = "every sample a failures row, nothing committed" if ok else f"FAILED {r.stderr[-200:]}"
+    detail["NaN weights"] = "exit 1 naming the 12 failures, no project left" if ok else f"FAILED {r.stderr[-200:]}"
     return {"trials": trials, "passed": passed, "detail": detail}
 
 
