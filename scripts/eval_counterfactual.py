@@ -14,8 +14,9 @@ records it).
 
 Settings:
 - `base`: the demo's class-conditional DDPM trained from scratch on the first 600 digits, 400 steps (the pilot's
-  recipe; batch 64: one retrain takes ~3.5 min on the 2-core development machine, so the full base setting, 8
-  targets × 2 k × 6 methods, is ~6 h there — a run for a bigger machine or several sessions, which resume).
+  recipe; batch 64: one fit took ~4 min on the 2-core development machine with another job beside it, so the full
+  base setting, 8 targets × 2 k × 6 methods, is ~6 h there — a run for a bigger machine or several sessions, which
+  resume).
 - `lora`: the bundled base model frozen, a LoRA trained on the demo's LoRA set (299 drawn + 300 inverted digits),
   300 steps; only the LoRA is retrained, so what decides is style, not pixels.
 
