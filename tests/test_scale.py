@@ -62,6 +62,35 @@ def test_a_merge_writes_at_most_one_row_group(tmp_path: Path, monkeypatch: pytes
     assert verify(p.root, deep=True).healthy
 
 
+def test_a_query_reads_the_metadata_of_its_top_k_by_row_group(tmp_path: Path) -> None:
+    """`samples_by_row` finds rows in files of several row groups (by the groups' row_id ranges, kept per file) and
+    in small files, and after a merge reads the merged file, not the handles of the files it replaced."""
+    import numpy as np
+
+    p = Project.create(tmp_path / "proj", make_identity())
+    add_samples(p, 0, 2500, seed=0)  # one file of three row groups
+    for i in range(2500, 2510, 2):
+        add_samples(p, i, 2, seed=i)
+    assert pq_groups(p) >= 3
+    want = np.array([0, 1023, 1024, 2047, 2499, 2500, 2509])
+    rows = {r["row_id"]: r for _, t in p.samples_by_row(want) for r in t.to_pylist()}
+    assert sorted(rows) == want.tolist()
+    keys = p.sample_keys()
+    for row_id, r in rows.items():
+        assert keys.lookup([r["sample_id"]])[0] == row_id and r["source"] == f"img{int(r['sample_id'][2:])}.png"
+    for i in range(2510, 2600, 2):  # enough small commits to merge the small files
+        add_samples(p, i, 2, seed=i)
+    assert any(e.kind == "merge" and e.meta.get("table") == "samples" for e in p.entries())
+    again = {r["row_id"] for _, t in p.samples_by_row(np.array([2500, 2599])) for r in t.to_pylist()}
+    assert again == {2500, 2599} and set(p._footers) <= {ref.path for ref in p.live_files("samples")}
+
+
+def pq_groups(p: Project) -> int:
+    import pyarrow.parquet as pq
+
+    return max(pq.ParquetFile(p.root / ref.path).metadata.num_row_groups for ref in p.live_files("samples"))
+
+
 def test_small_files_are_merged_and_no_row_is_lost(tmp_path: Path) -> None:
     p = Project.create(tmp_path / "proj", make_identity())
     for i in range(0, 80, 2):

@@ -143,7 +143,8 @@ class Project:
         self._keys: tuple[int, KeySet] | None = None
         self._maintaining = False
         self.blocks: dict[str, Any] = {}  # committed path -> its vectors.VectorBlocks, filled by vectors.iter_blocks
-        self._footers: dict[str, pq.ParquetFile] = {}  # samples files opened by `samples_by_row`
+        # samples files opened by `samples_by_row`, with each row group's row_id range
+        self._footers: dict[str, tuple[pq.ParquetFile, np.ndarray, np.ndarray]] = {}
         self.indexes: dict[str, Any] = {}  # v -> index.LoadedIndex, the current build with its graph once loaded
         self.preconditioners: dict[str, Any] = {}  # v -> precondition.Preconditioner, the current build
 
@@ -394,19 +395,18 @@ class Project:
         few milliseconds however many samples the project holds."""
         want = np.unique(np.asarray(row_ids, dtype=np.int64))
         out = []
-        for ref in self.live_files("samples"):
-            pf = self._footers.get(ref.path)
-            if pf is None:
-                pf = self._footers[ref.path] = pq.ParquetFile(self.checked(ref))
-            col = pf.schema_arrow.get_field_index("row_id")
-            groups = []
-            for g in range(pf.metadata.num_row_groups):
-                stats = pf.metadata.row_group(g).column(col).statistics
-                lo, hi = (stats.min, stats.max) if stats is not None and stats.has_min_max else (-1, 1 << 62)
-                if ((want >= lo) & (want <= hi)).any():
-                    groups.append(g)
-            if groups:
-                t = pf.read_row_groups(groups)
+        refs = self.live_files("samples")
+        live = {ref.path for ref in refs}
+        if not self._footers.keys() <= live:  # files merged or compacted away: let their handles go
+            self._footers = {path: found for path, found in self._footers.items() if path in live}
+        for ref in refs:
+            found = self._footers.get(ref.path)
+            if found is None:
+                found = self._footers[ref.path] = _row_groups(pq.ParquetFile(self.checked(ref), memory_map=True))
+            pf, lo, hi = found
+            groups = np.flatnonzero(((want[:, None] >= lo) & (want[:, None] <= hi)).any(axis=0))
+            if len(groups):
+                t = pf.read_row_groups(groups.tolist(), use_threads=False)  # a few rows: no thread pool
                 t = t.filter(pc.is_in(t.column("row_id"), value_set=pa.array(want)))
                 if len(t):
                     out.append((self.data_root(ref), t))
@@ -590,3 +590,17 @@ def _check_names(names: list[str]) -> None:
             raise IntegrityError(
                 f"{paths.manifest_name(expected)}: manifest entry missing or renamed (sequence gap); run `dmin verify`"
             )
+
+
+def _row_groups(pf: pq.ParquetFile) -> tuple[pq.ParquetFile, np.ndarray, np.ndarray]:
+    """A samples file with the (min, max) row_id of each row group, read once from the footer: a lookup is then one
+    vectorized comparison, not a Python loop over a million samples' thousand row groups on every query. A group
+    without statistics spans every row id (read, then filtered)."""
+    col = pf.schema_arrow.get_field_index("row_id")
+    n = pf.metadata.num_row_groups
+    lo, hi = np.full(n, -1, np.int64), np.full(n, 1 << 62, np.int64)
+    for g in range(n):
+        stats = pf.metadata.row_group(g).column(col).statistics
+        if stats is not None and stats.has_min_max:
+            lo[g], hi[g] = stats.min, stats.max
+    return pf, lo, hi
