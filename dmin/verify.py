@@ -13,6 +13,7 @@ import contextlib
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,16 +81,22 @@ class _Verifier(Findings):
             return self.report()
         ident = project.identity
         self.checked["identity"] += 1
-        start = time.perf_counter()
-        entries = self.entries(project, ident)
         try:
             refs = [live.ref for live in project.state().files.values()]
         except DminError as exc:
+            self.entries(project, ident, self)
             self.defect("manifest", _file_of(exc), str(exc))
             return self.report()
-        self.seconds["manifest"] = time.perf_counter() - start
+        # Deep verify replays every manifest entry (tens of thousands of small files, Python's work) in a thread
+        # beside the file pass, which spends its time in reads and hashing that release the GIL.
+        side = Findings(self.deep)
+        with ThreadPoolExecutor(1) as manifest:
+            job = manifest.submit(self.manifest, project, ident, side)
+            self.stage("files", lambda: self.check_files(project, refs))
+            entries = job.result()
+        self.findings[:0] = side.findings  # the manifest's findings first, as it was checked first
+        self.checked.update(side.checked)
         stages = [
-            ("files", lambda: self.check_files(ident, refs)),
             ("complete", lambda: self.check_complete(project, ident)),
             ("index", lambda: verify_indexes(project, self)),
             ("precondition", lambda: check_preconditioners(project, self)),
@@ -98,33 +105,55 @@ class _Verifier(Findings):
         ]
         if self.deep:
             stages += [
-                ("checkpoint", lambda: self.check_checkpoint(project, entries)),
                 ("duplicates", lambda: self.check_keys(project, ident)),
                 ("fold", lambda: self.check_folds(project, ident, refs)),
                 ("orphan", lambda: self.check_orphans(project, entries)),
             ]
         for name, stage in stages:
-            start = time.perf_counter()
-            try:
-                stage()
-            except (DminError, OSError, ValueError, KeyError, RuntimeError, pa.ArrowException) as exc:  # never crash
-                self.defect(name, _file_of(exc), f"check could not complete: {exc}")
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+            self.stage(name, stage)
         return self.report()
+
+    def stage(self, name: str, check: Callable[[], None]) -> None:
+        """Run one check, timed; an exception becomes a defect naming the stage (verify never crashes)."""
+        start = time.perf_counter()
+        try:
+            check()
+        except (DminError, OSError, ValueError, KeyError, RuntimeError, pa.ArrowException) as exc:
+            self.defect(name, _file_of(exc), f"check could not complete: {exc}")
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+    def absorb(self, other: Findings) -> None:
+        """Take over what a check run beside this one found, in the order it found it."""
+        self.findings += other.findings
+        self.checked.update(other.checked)
 
     def report(self) -> Report:
         return Report(str(self.root), self.deep, self.findings, dict(self.checked), dict(self.seconds))
 
     # -- manifest -----------------------------------------------------------------------------------------
-    def entries(self, project: Project, ident: Identity) -> list[Entry]:
+    def manifest(self, project: Project, ident: Identity, found: Findings) -> list[Entry]:
+        """The manifest's checks, run beside the file pass: its entries and (deep) their replay against the
+        checkpoint. Returns the entries parsed."""
+        entries = self.entries(project, ident, found)
+        if self.deep:
+            start = time.perf_counter()
+            try:
+                self.check_checkpoint(project, entries, found)
+            except (DminError, OSError, ValueError, KeyError) as exc:
+                found.defect("checkpoint", _file_of(exc), f"check could not complete: {exc}")
+            self.seconds["checkpoint_replay"] = time.perf_counter() - start
+        return entries
+
+    def entries(self, project: Project, ident: Identity, found: Findings) -> list[Entry]:
         """Parse and check manifest entries: quick, those after the newest checkpoint (readers use nothing older);
-        deep, every one. Returns the entries parsed."""
+        deep, every one. Findings go to `found` (this runs beside the file pass). Returns the entries parsed."""
+        start = time.perf_counter()
         out = []
         want = ident.hash()
         names = project.manifest_names()
         for expected, name in enumerate(names, 1):
             if name != paths.manifest_name(expected).split("/")[1]:
-                self.defect(
+                found.defect(
                     "manifest",
                     paths.manifest_name(expected),
                     "manifest entry missing (sequence gap): committed data was un-committed or deleted",
@@ -136,26 +165,28 @@ class _Verifier(Findings):
                 checkpoint = project.checkpoint(len(names))
                 first = checkpoint.seq if checkpoint is not None else 1
         mismatched: list[str] = []
+        folder = os.fspath(self.root / paths.MANIFEST)
         for name in names[first - 1 :]:
             rel = f"{paths.MANIFEST}/{name}"
             try:
-                entry = parse_entry((self.root / rel).read_text(errors="replace"), rel)
+                with open(os.path.join(folder, name), encoding="utf-8", errors="replace") as f:  # not pathlib: 30k
+                    entry = parse_entry(f.read(), rel)  # entries at 10^6 samples
             except DminError as exc:
-                self.defect("manifest", rel, str(exc).removeprefix(f"{rel}: "))
+                found.defect("manifest", rel, str(exc).removeprefix(f"{rel}: "))
                 continue
-            self.checked["manifest_entries"] += 1
+            found.checked["manifest_entries"] += 1
             if entry.identity_hash != want:
                 mismatched.append(rel)
             out.append(entry)
         if out and len(mismatched) == len(out):
-            self.defect(
+            found.defect(
                 "identity",
                 paths.IDENTITY,
                 "no manifest entry was written under this identity: dmin.json was replaced or edited",
             )
         else:
             for rel in mismatched:
-                self.defect(
+                found.defect(
                     "identity",
                     rel,
                     "entry was written under a different identity than dmin.json (files from another project)",
@@ -163,11 +194,12 @@ class _Verifier(Findings):
         with contextlib.suppress(DminError):
             committed = {live.ref.v for live in project.state().files.values() if live.ref.table == "grads"}
             for v in sorted(v for v in committed - set(ident.vs) if v):
-                self.warn(
+                found.warn(
                     "identity",
                     paths.IDENTITY,
                     f"v={v} is committed but not listed in vs; `dmin compress` will record it",
                 )
+        self.seconds["manifest"] = time.perf_counter() - start
         return out
 
     def check_checkpoints(self, project: Project) -> None:
@@ -189,7 +221,7 @@ class _Verifier(Findings):
                     f"the next checkpoint is written 64 commits on)",
                 )
 
-    def check_checkpoint(self, project: Project, entries: list[Entry]) -> None:
+    def check_checkpoint(self, project: Project, entries: list[Entry], found: Findings) -> None:
         """(deep) The state readers open with — the newest checkpoint plus the entries after it — equals a replay
         of every entry from the first."""
         replay = State()
@@ -198,10 +230,10 @@ class _Verifier(Findings):
         checkpoint = project.checkpoint(len(entries))
         if checkpoint is None:
             return
-        self.checked["checkpoint"] += 1
+        found.checked["checkpoint"] += 1
         state = project.state()
         if not replay.same_as(state):
-            self.defect(
+            found.defect(
                 "checkpoint",
                 checkpoint_name(checkpoint.seq),
                 "checkpoint disagrees with the entries it sums up (damaged or stale); delete it, readers then replay "
@@ -209,75 +241,14 @@ class _Verifier(Findings):
             )
 
     # -- files ------------------------------------------------------------------------------------------------
-    def check_files(self, ident: Identity, refs: list[FileRef]) -> None:
-        for i, ref in enumerate(refs, 1):
-            if self.deep and i < len(refs):
-                _read_ahead(self.root / refs[i].path)  # the disk reads the next file while this one is checked
-            self.check_file(ident, ref)
-            if self.progress:
-                self.progress(i, len(refs))
-
-    def check_file(self, ident: Identity, ref: FileRef) -> None:
-        path = self.root / ref.path
-        self.checked["files"] += 1
-        if not path.is_file():
-            self.defect("presence", ref.path, "named by the manifest but missing")
-            return
-        size = path.stat().st_size
-        if size != ref.bytes:
-            self.defect("size", ref.path, f"{size} bytes, the manifest says {ref.bytes} (truncated or rewritten)")
-            return
-        if self.deep:
-            self.checked["checksums"] += 1
-            if file_checksum(path) != ref.xxh3:
-                self.defect("checksum", ref.path, "xxh3 checksum differs from the manifest (bytes changed)")
-                return
-        if not ref.path.endswith(".parquet"):
-            return
-        try:
-            meta = pq.read_metadata(path)
-            schema = meta.schema.to_arrow_schema()
-        except (OSError, pa.ArrowException) as exc:
-            self.defect("parquet", ref.path, f"unreadable Parquet: {exc}")
-            return
-        if meta.num_rows != ref.rows:
-            self.defect("rows", ref.path, f"{meta.num_rows} rows, the manifest says {ref.rows}")
-        problem = schema_problem(ident, ref, schema)
-        if problem:
-            self.defect("schema", ref.path, problem)
-            return
-        self.checked["schemas"] += 1
-        if self.deep and ref.table in ("grads", "query_grads"):
-            self.check_vectors(ident, ref, path)
-
-    def check_vectors(self, ident: Identity, ref: FileRef, path: Path) -> None:
-        """(deep) Every vector finite (read in place from the mapped pages), norms and losses finite, v=full rows of
-        unit length."""
-        from dmin.kernels.dot import count_nonfinite_rows  # numba: only a deep check loads it
-
-        fast = plain_values(path, "vec", populate=True)
-        try:
-            table = pq.read_table(path, columns=["norm", "loss"] if fast else ["vec", "norm", "loss"])
-        except (OSError, pa.ArrowException) as exc:
-            self.defect("parquet", ref.path, f"unreadable Parquet: {exc}")
-            return
-        flat, dim = fast or (vec_values(table.column("vec")), table.schema.field("vec").type.list_size)
-        vecs = flat.reshape(-1, dim)
-        self.checked["vectors"] += len(vecs)
-        bad = count_nonfinite_rows(vecs)
-        if bad:
-            self.defect("finite", ref.path, f"{bad} vector(s) hold NaN or infinity")
-            return
-        for col in ("norm", "loss"):
-            values = table.column(col).to_numpy()
-            if not np.isfinite(values).all():
-                self.defect("finite", ref.path, f"column {col} holds NaN or infinity")
-        if ref.v == "full" and len(vecs):
-            norms = np.linalg.norm(vecs.astype(np.float64), axis=1)
-            tol = 1e-2 if ident.dtype == "float16" else 1e-4
-            worst = float(np.abs(norms - 1).max())
-            if worst > tol:
-                self.defect("norm", ref.path, f"v=full rows must be unit vectors; the worst norm is off by {worst:.3g}")
+    def check_files(self, project: Project, refs: list[FileRef]) -> None:
+        """Every committed file, two at a time: reading, hashing (xxhash) and the vector scan release the GIL, so
+        one file's checks run while the disk reads the other. Findings keep the manifest's file order."""
+        with ThreadPoolExecutor(2) as pool:
+            for i, found in enumerate(pool.map(lambda ref: check_file(project, ref, self.deep), refs), 1):
+                self.absorb(found)
+                if self.progress:
+                    self.progress(i, len(refs))
 
     # -- completeness ---------------------------------------------------------------------------------------
     def check_complete(self, project: Project, ident: Identity) -> None:
@@ -451,6 +422,75 @@ class _Verifier(Findings):
                         )
 
 
+def check_file(project: Project, ref: FileRef, deep: bool) -> Findings:
+    """One committed file against its manifest entry: presence, size, (deep) checksum, Parquet footer, rows, schema,
+    (deep) vector contents. A file whose bytes match is vouched for, so the index self-test does not hash it again."""
+    found = Findings(deep)
+    path = project.root / ref.path
+    found.checked["files"] += 1
+    if not path.is_file():
+        found.defect("presence", ref.path, "named by the manifest but missing")
+        return found
+    size = path.stat().st_size
+    if size != ref.bytes:
+        found.defect("size", ref.path, f"{size} bytes, the manifest says {ref.bytes} (truncated or rewritten)")
+        return found
+    if deep:
+        found.checked["checksums"] += 1
+        if file_checksum(path) != ref.xxh3:
+            found.defect("checksum", ref.path, "xxh3 checksum differs from the manifest (bytes changed)")
+            return found
+        project.vouch(ref)
+    if not ref.path.endswith(".parquet"):
+        return found
+    try:
+        meta = pq.read_metadata(path)
+        schema = meta.schema.to_arrow_schema()
+    except (OSError, pa.ArrowException) as exc:
+        found.defect("parquet", ref.path, f"unreadable Parquet: {exc}")
+        return found
+    if meta.num_rows != ref.rows:
+        found.defect("rows", ref.path, f"{meta.num_rows} rows, the manifest says {ref.rows}")
+    problem = schema_problem(project.identity, ref, schema)
+    if problem:
+        found.defect("schema", ref.path, problem)
+        return found
+    found.checked["schemas"] += 1
+    if deep and ref.table in ("grads", "query_grads"):
+        check_vectors(project.identity, ref, path, found)
+    return found
+
+
+def check_vectors(ident: Identity, ref: FileRef, path: Path, found: Findings) -> None:
+    """(deep) Every vector finite (read in place from the mapped pages), norms and losses finite, v=full rows of
+    unit length."""
+    from dmin.kernels.dot import count_nonfinite_rows  # numba: only a deep check loads it
+
+    fast = plain_values(path, "vec", populate=True)
+    try:
+        table = pq.read_table(path, columns=["norm", "loss"] if fast else ["vec", "norm", "loss"])
+    except (OSError, pa.ArrowException) as exc:
+        found.defect("parquet", ref.path, f"unreadable Parquet: {exc}")
+        return
+    flat, dim = fast or (vec_values(table.column("vec")), table.schema.field("vec").type.list_size)
+    vecs = flat.reshape(-1, dim)
+    found.checked["vectors"] += len(vecs)
+    bad = count_nonfinite_rows(vecs)
+    if bad:
+        found.defect("finite", ref.path, f"{bad} vector(s) hold NaN or infinity")
+        return
+    for col in ("norm", "loss"):
+        values = table.column(col).to_numpy()
+        if not np.isfinite(values).all():
+            found.defect("finite", ref.path, f"column {col} holds NaN or infinity")
+    if ref.v == "full" and len(vecs):
+        norms = np.linalg.norm(vecs.astype(np.float64), axis=1)
+        tol = 1e-2 if ident.dtype == "float16" else 1e-4
+        worst = float(np.abs(norms - 1).max())
+        if worst > tol:
+            found.defect("norm", ref.path, f"v=full rows must be unit vectors; the worst norm is off by {worst:.3g}")
+
+
 def _files_under(root: Path, tops: tuple[str, ...] | list[str]) -> set[str]:
     """Every file below these top folders of a project, as paths relative to the root with forward slashes."""
     found: set[str] = set()
@@ -459,18 +499,6 @@ def _files_under(root: Path, tops: tuple[str, ...] | list[str]) -> set[str]:
             rel = Path(folder).relative_to(root).as_posix()
             found.update(f"{rel}/{name}" for name in names)
     return found
-
-
-def _read_ahead(path: Path) -> None:
-    """Ask the kernel to start reading a file into the page cache now (posix_fadvise WILLNEED; a no-op where the
-    call or the file is missing)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
-    os.close(fd)
 
 
 def _file_of(exc: BaseException) -> str:

@@ -288,6 +288,11 @@ class Project:
             self._verified.add(ref.path)
         return path
 
+    def vouch(self, ref: FileRef) -> None:
+        """Record that a committed file's bytes were just checked against its manifest entry (verify's file pass),
+        so this process's readers do not hash it a second time."""
+        self._verified.add(ref.path)
+
     def live_files(self, table: str, v: str | None = None) -> list[FileRef]:
         """Committed files of a table (and v), minus those a later entry superseded, in commit order."""
         return [live.ref for live in self.state().live_files(table, v)]
