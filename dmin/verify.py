@@ -32,7 +32,7 @@ from dmin.store.atomic import file_checksum
 from dmin.store.identity import Identity
 from dmin.store.keys import KeySet
 from dmin.store.manifest import Entry, FileRef, parse_entry
-from dmin.store.pages import plain_values
+from dmin.store.pages import plain_pieces
 from dmin.store.project import Project
 from dmin.store.schema import SAMPLES_BASE, fixed_schema, grads_schema
 from dmin.store.state import State, checkpoint_name
@@ -466,16 +466,20 @@ def check_vectors(ident: Identity, ref: FileRef, path: Path, found: Findings) ->
     unit length."""
     from dmin.kernels.dot import count_nonfinite_rows  # numba: only a deep check loads it
 
-    fast = plain_values(path, "vec", populate=True)
+    fast = plain_pieces(path, "vec", populate=True)  # each row group's values in place, never joined into a copy
+    if fast is not None and not fast[0]:
+        fast = None
     try:
         table = pq.read_table(path, columns=["norm", "loss"] if fast else ["vec", "norm", "loss"])
     except (OSError, pa.ArrowException) as exc:
         found.defect("parquet", ref.path, f"unreadable Parquet: {exc}")
         return
-    flat, dim = fast or (vec_values(table.column("vec")), table.schema.field("vec").type.list_size)
-    vecs = flat.reshape(-1, dim)
-    found.checked["vectors"] += len(vecs)
-    bad = count_nonfinite_rows(vecs)
+    pieces, dim = fast or ([vec_values(table.column("vec"))], table.schema.field("vec").type.list_size)
+    if any(piece.size % dim for piece in pieces):  # pages that split a row (v=full rows past 16 MiB): join them
+        pieces = [np.concatenate(pieces)]
+    parts = [piece.reshape(-1, dim) for piece in pieces]
+    found.checked["vectors"] += sum(len(part) for part in parts)
+    bad = sum(count_nonfinite_rows(part) for part in parts)
     if bad:
         found.defect("finite", ref.path, f"{bad} vector(s) hold NaN or infinity")
         return
@@ -483,10 +487,9 @@ def check_vectors(ident: Identity, ref: FileRef, path: Path, found: Findings) ->
         values = table.column(col).to_numpy()
         if not np.isfinite(values).all():
             found.defect("finite", ref.path, f"column {col} holds NaN or infinity")
-    if ref.v == "full" and len(vecs):
-        norms = np.linalg.norm(vecs.astype(np.float64), axis=1)
+    if ref.v == "full" and any(len(part) for part in parts):
         tol = 1e-2 if ident.dtype == "float16" else 1e-4
-        worst = float(np.abs(norms - 1).max())
+        worst = max(float(np.abs(np.linalg.norm(part.astype(np.float64), axis=1) - 1).max(initial=0)) for part in parts)
         if worst > tol:
             found.defect("norm", ref.path, f"v=full rows must be unit vectors; the worst norm is off by {worst:.3g}")
 
