@@ -105,8 +105,11 @@ def labels_ok(idx: LoadedIndex) -> bool:
 
 
 def live_row_mask(project: Project, size: int = 0) -> np.ndarray:
-    """A bool mask over row ids: True for every live (committed, not forgotten) sample."""
-    rows = project.sample_keys().values()
+    """A bool mask over row ids: True for every live (committed, not forgotten) sample. From the samples' row_id
+    column (0.15 s at 10^6), not the sample_id key set, which a process that only checks staleness (`verify`,
+    `info`) would build for nothing (0.85 s)."""
+    live = project.read_table("samples", columns=["row_id"])
+    rows = np.zeros(0, np.int64) if live is None else live.column("row_id").to_numpy()
     mask = np.zeros(max(size, project.next_row_id(), int(rows.max()) + 1 if len(rows) else 0), bool)
     mask[rows] = True
     return mask
@@ -509,10 +512,13 @@ def verify_indexes(project: Project, ver: Findings) -> None:
             continue
         if idx.meta.get("identity_hash") != project.identity.hash():
             ver.defect("index", idx.files["index_meta"].path, "index was built for a different identity")
-        if known is None:  # every committed row id, forgotten ones included: a forgotten label is filtered, not unknown
-            every = project.read_table("samples", columns=["row_id"], live=False)
-            known = np.zeros(0, np.int64) if every is None else every.column("row_id").to_numpy()
-        unknown = idx.labels[~np.isin(idx.labels, known)]
+        if not ver.deep:  # row ids are assigned in contiguous ranges: one past the last names no sample
+            unknown = idx.labels[(idx.labels < 0) | (idx.labels >= project.next_row_id())]
+        else:
+            if known is None:  # every committed row id, forgotten ones included: a forgotten label is filtered
+                every = project.read_table("samples", columns=["row_id"], live=False)
+                known = np.zeros(0, np.int64) if every is None else every.column("row_id").to_numpy()
+            unknown = idx.labels[~np.isin(idx.labels, known)]
         if len(unknown):
             ver.defect(
                 "index", f"index/v={v}", f"{len(unknown)} label(s) name no committed sample (e.g. row_id {unknown[0]})"

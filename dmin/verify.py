@@ -208,6 +208,9 @@ class _Verifier(Findings):
         folder = self.root / paths.CHECKPOINTS
         for path in sorted(folder.glob("*.json")) if folder.is_dir() else ():
             rel = path.relative_to(self.root).as_posix()
+            if project.vouched(rel):  # the checkpoint this process opened with: read and matched already
+                self.checked["checkpoints"] += 1
+                continue
             try:
                 state = State.from_json(path.read_text(errors="replace"), rel, project.identity.hash())
                 if state.checksum != project.read_entry(state.seq).checksum:
@@ -252,18 +255,13 @@ class _Verifier(Findings):
 
     # -- completeness ---------------------------------------------------------------------------------------
     def check_complete(self, project: Project, ident: Identity) -> None:
-        """Every stored v holds K rows of every live sample, counted from the manifest's row counts minus the rows of
-        forgotten samples (read only from files committed before a tombstone and not compacted since); `--deep`
+        """Every stored v holds K rows of every live sample, both counted from the manifest's row counts minus the rows
+        of forgotten samples (read only from files committed before a tombstone and not compacted since); `--deep`
         checks it key by key (`check_keys`)."""
         K = ident.K
-        samples = len(project.sample_keys())
+        samples = sum(self.live_rows(project, ref) for ref in project.live_files("samples"))  # not a 1M-key set
         for v in ident.vs:
-            rows = 0
-            for ref in project.live_files("grads", v):
-                if not (self.root / ref.path).is_file():
-                    continue  # reported by check_file
-                dead = project.dead_rows(ref)
-                rows += ref.rows - (int(dead.sum()) if dead is not None else 0)
+            rows = sum(self.live_rows(project, ref) for ref in project.live_files("grads", v))
             self.checked[f"samples_v={v}"] = rows // max(1, K)
             if rows < K * samples:
                 self.defect(
@@ -281,6 +279,14 @@ class _Verifier(Findings):
                     f"× K={K} = {K * samples} are expected (duplicates or rows of no sample: `verify --deep` names "
                     f"them)",
                 )
+
+    def live_rows(self, project: Project, ref: FileRef) -> int:
+        """A file's rows by its manifest entry, minus those of forgotten samples (0 for a missing file: reported by
+        check_file)."""
+        if not (self.root / ref.path).is_file():
+            return 0
+        dead = project.dead_rows(ref)
+        return ref.rows - (int(dead.sum()) if dead is not None else 0)
 
     def check_keys(self, project: Project, ident: Identity) -> None:
         """(deep) Key by key: each grads file's rows come K at a time (t_idx 0..K-1, one sample), no sample has rows

@@ -265,6 +265,7 @@ class Project:
             try:
                 state = State.from_json((self.root / where).read_text(errors="replace"), where, self._identity_hash)
                 if state.seq == seq and state.checksum == self.read_entry(seq).checksum:
+                    self._verified.add(where)  # verify's checkpoint check need not parse it again
                     return state
             except (IntegrityError, OSError):
                 continue
@@ -287,6 +288,11 @@ class Project:
                 )
             self._verified.add(ref.path)
         return path
+
+    def vouched(self, path: str) -> bool:
+        """Whether this process has checked a file's bytes already (a committed file, or the checkpoint it opened
+        with)."""
+        return path in self._verified
 
     def vouch(self, ref: FileRef) -> None:
         """Record that a committed file's bytes were just checked against its manifest entry (verify's file pass),
