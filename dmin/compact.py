@@ -22,6 +22,7 @@ import functools
 import shutil
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,34 +92,26 @@ def compact(project: Project, orphan_grace: float = ORPHAN_GRACE) -> CompactRepo
                 if table == "samples" and (root := project.data_root(ref)) is not None:
                     roots[new.path] = root
         live = live_row_mask(project)
-        erased = []
-        for v in project.identity.vs:
-            idx = current_index(project, v) if v != "full" else None
-            if idx is None:
-                continue
-            key: tuple[Any, ...] = (v, idx.files["index_meta"].path, project.liveness().forgotten)  # new forget: again
-            if key not in builds:
-                builds[key] = erase(project, idx, live)
-            build = builds[key]
-            if build is None:
-                continue
-            files += [stage.adopt((*key, t), t, v, path) for t, path in build[1]]
-            supersedes += [f.path for f in idx.files.values()]
-            erased.append(v)
-        updated = []
-        for v in project.identity.vs:
-            pre = current_preconditioner(project, v) if v != "full" else None
-            if pre is None:
-                continue
-            key = ("pre", v, pre.files["precondition_meta"].path, project.liveness().forgotten)
-            if key not in builds:
-                builds[key] = erase_forgotten(project, pre)
-            build = builds[key]
-            if build is None:
-                continue
-            files += [stage.adopt((*key, t), t, v, path) for t, path in build[1]]
-            supersedes += [f.path for f in pre.files.values()]
-            updated.append(v)
+        erased: list[str] = []
+        updated: list[str] = []
+        for v in (v for v in project.identity.vs if v != "full"):
+            pre = current_preconditioner(project, v)
+            derived: tuple[tuple[str, Any, Callable[[Any], Any], list[str]], ...] = (
+                ("index_meta", current_index(project, v), lambda idx: erase(project, idx, live), erased),
+                ("precondition_meta", pre, lambda pre: erase_forgotten(project, pre), updated),
+            )
+            for name, built, redo, done in derived:  # each derived build of v drops the forgotten samples in place
+                if built is None:
+                    continue
+                key: tuple[Any, ...] = (name, v, built.files[name].path, project.liveness().forgotten)  # new forget
+                if key not in builds:
+                    builds[key] = redo(built)
+                build = builds[key]
+                if build is None:
+                    continue
+                files += [stage.adopt((*key, t), t, v, path) for t, path in build[1]]
+                supersedes += [f.path for f in built.files.values()]
+                done.append(v)
         if not supersedes and not clean:
             return None
         report.rows_dropped, report.indexes_erased, report.preconditioners_updated = dict(dropped), erased, updated
