@@ -184,11 +184,15 @@ def kill_collect(env: Env, trials: int, rng: random.Random) -> dict[str, Any]:
 
 
 def kill_other(env: Env, trials: int, rng: random.Random) -> dict[str, Any]:
-    passed, fails = 0, []
+    """index --rebuild, compress and query, each killed at an instant drawn over 0.2–3 s. Where each kill landed is
+    read off the killed project against its copy's origin: "before any write" (no new file), "while writing" (new
+    files but no new manifest entry: the work a commit would have published) or "after the commit"."""
+    passed, fails, landed = 0, [], Counter()
     base = env.fresh("other-base")
     shutil.copytree(env.ref, base)
     assert run(["index", str(base), "--v", "64"]).returncode == 0
     img = env.data / "0000.png"
+    before = _files_of(base)
     for trial in range(trials):
         project = env.fresh("other-project")  # not "other": that is the other model's folder
         shutil.copytree(base, project)
@@ -201,12 +205,25 @@ def kill_other(env: Env, trials: int, rng: random.Random) -> dict[str, Any]:
         time.sleep(rng.uniform(0.2, 3.0))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+        new = _files_of(project) - before
+        committed = any(path.startswith("manifest/") and not path.startswith("manifest/checkpoints") for path in new)
+        landed[f"{cmd[0]}: {'after the commit' if committed else 'while writing' if new else 'before any write'}"] += 1
         q = run(["query", str(project), "--image", str(img), "--label", "0", "--knn", "--json"])
         ok = verify(project, deep=True).healthy and q.returncode == 0
         passed += ok
         if not ok:
             fails.append(f"{cmd[0]} trial {trial}: {q.stderr.strip()[:200]}")
-    return {"trials": trials, "passed": passed, "detail": fails[:5] or "index, compress and query survive kill -9"}
+    return {
+        "trials": trials,
+        "passed": passed,
+        "landed": dict(sorted(landed.items())),
+        "detail": fails[:5] or "index, compress and query survive kill -9",
+    }
+
+
+def _files_of(root: Path) -> set[str]:
+    """Every file below a project, relative to it."""
+    return {path.relative_to(root).as_posix() for path in root.rglob("*") if path.is_file()}
 
 
 def shards(env: Env, trials: int, rounds: int = 2) -> dict[str, Any]:
