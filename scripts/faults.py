@@ -184,25 +184,37 @@ def kill_collect(env: Env, trials: int, rng: random.Random) -> dict[str, Any]:
 
 
 def kill_other(env: Env, trials: int, rng: random.Random) -> dict[str, Any]:
-    """index --rebuild, compress and query, each killed at an instant drawn over 0.2–3 s. Where each kill landed is
-    read off the killed project against its copy's origin: "before any write" (no new file), "while writing" (new
-    files but no new manifest entry: the work a commit would have published) or "after the commit"."""
+    """index --rebuild, compress and query, each killed once its first file appears, after a delay drawn over the
+    time an uninterrupted run of the same command takes from its first file to its commit (timed once per command),
+    so that kills land inside the writing rather than in the interpreter's start-up, whatever that costs. Where each
+    kill landed is read off the killed project against its copy's origin: "before any write" (no new file), "while
+    writing" (new files but no new manifest entry: the work a commit would have published) or "after the commit"."""
     passed, fails, landed = 0, [], Counter()
     base = env.fresh("other-base")
     shutil.copytree(env.ref, base)
     assert run(["index", str(base), "--v", "64"]).returncode == 0
     img = env.data / "0000.png"
     before = _files_of(base)
-    for trial in range(trials):
+    cmds = [
+        ["index", "{p}", "--v", "64", "--rebuild"],
+        ["compress", "{p}", "--v", "32"],
+        ["query", "{p}", "--image", str(img), "--label", "0", "--exact"],
+    ]
+    windows = {}
+    for cmd in cmds:
         project = env.fresh("other-project")  # not "other": that is the other model's folder
         shutil.copytree(base, project)
-        cmd = [
-            ["index", str(project), "--v", "64", "--rebuild"],
-            ["compress", str(project), "--v", "32"],
-            ["query", str(project), "--image", str(img), "--label", "0", "--exact"],
-        ][trial % 3]
-        proc = subprocess.Popen([*DMIN, *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.2, 3.0))
+        windows[cmd[0]] = _write_window([*DMIN, *(a.format(p=project) for a in cmd)], project, before)
+    for trial in range(trials):
+        cmd = cmds[trial % 3]
+        project = env.fresh("other-project")
+        shutil.copytree(base, project)
+        proc = subprocess.Popen(
+            [*DMIN, *(a.format(p=project) for a in cmd)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        while proc.poll() is None and not _files_of(project) - before:  # its first write, however long start-up took
+            time.sleep(0.002)
+        time.sleep(rng.uniform(0, windows[cmd[0]]))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         new = _files_of(project) - before
@@ -217,8 +229,26 @@ def kill_other(env: Env, trials: int, rng: random.Random) -> dict[str, Any]:
         "trials": trials,
         "passed": passed,
         "landed": dict(sorted(landed.items())),
+        "kill_window_after_first_write_s": {name: round(w, 3) for name, w in windows.items()},
         "detail": fails[:5] or "index, compress and query survive kill -9",
     }
+
+
+def _write_window(argv: list[str], project: Path, before: set[str]) -> float:
+    """Seconds from the first new file under `project` to the first new manifest entry (the commit; the
+    process's exit when none is seen), polled every 2 ms: how long after its first write a kill still interrupts."""
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = commit = None
+    while proc.poll() is None and commit is None:
+        new = _files_of(project) - before
+        if first is None and new:
+            first = time.perf_counter()
+        if any(path.startswith("manifest/") and not path.startswith("manifest/checkpoints") for path in new):
+            commit = time.perf_counter()
+        time.sleep(0.002)
+    assert proc.wait() == 0, argv
+    end = commit if commit is not None else time.perf_counter()
+    return end - (first if first is not None else end)
 
 
 def _files_of(root: Path) -> set[str]:
