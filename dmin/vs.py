@@ -111,8 +111,7 @@ def derive(vecs: np.ndarray, src: str, v: int, identity: Identity) -> np.ndarray
     if src != "full":
         return fold(torch.from_numpy(own), v).numpy()
     comp = Compressor(identity.n, identity.compress_seed)
-    rows = torch.from_numpy(own).reshape(-1, vecs.shape[-1])
-    out = torch.stack([comp.compress(row.double(), v) for row in rows]) if len(rows) else torch.zeros((0, v))
+    out = comp.compress(torch.from_numpy(own).reshape(-1, vecs.shape[-1]), v)  # every row at once, over threads
     return out.reshape(*vecs.shape[:-1], v).numpy()
 
 

@@ -1,10 +1,9 @@
-"""numba kernel: F, s and the group-sum fused in one pass over a gradient chunk, no temporaries.
+"""numba kernel: F, s and the group-sum fused in one pass over a chunk of R gradients, no temporaries.
 
 Works run by run (8 consecutive entries share one G and one S hash, dmin.hashing): entry r of a run lands at
 r · D/8 + G(run), so the run's 8 entries go to 8 different buckets, each signed by a row of a constant 256×8 table
-indexed by the run's sign byte. The float64 buckets (v·8 bytes) stay in cache. Large chunks are split across
-threads, each with private buckets summed at the end in a fixed order. `scatter_add_rows` (below) is the batched
-kernel: R gradients, one hash per run for all of them, rows split across threads.
+indexed by the run's sign byte. A block of runs is hashed once, then added to every row; rows are split across
+threads, each row handled start to end by one thread. The float64 buckets (v·8 bytes a row) stay in cache.
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ from numba.extending import intrinsic
 
 from dmin.hashing import MASK62, SIGN_BITS_AT, SIGN_SHIFTS, HashKeys
 
-_PARALLEL_MIN = 1 << 18
 _U = np.uint64
 # Row b holds the signs (+1 / -1) that the 8 bits of b stand for: a constant, the same for every key.
 SIGN_TABLE = np.array([[1.0 - 2.0 * ((b >> k) & 1) for k in range(8)] for b in range(256)], dtype=np.float64)
@@ -41,41 +39,6 @@ def _run_hash(q, p):  # pragma: no cover
     y = (y * sm2) & m62
     y ^= y >> sc
     return x, (y >> sbit) & _U(255)
-
-
-@njit(cache=True, nogil=True)
-def _scatter_range(g, lo, hi, offset, acc, p, table):  # pragma: no cover
-    shift, lr = p[14], p[16]  # lr = log2(D/8): where a run's offset goes in a position
-    sq = 0.0
-    t = lo
-    while t < hi:
-        i = offset + t
-        k0 = i & 7
-        cnt = min(8 - k0, hi - t)
-        x, sbyte = _run_hash(i >> 3, p)
-        row = table[np.int64(sbyte)]
-        for k in range(cnt):
-            val = np.float64(g[t + k])
-            sq += val * val
-            acc[((_U(k0 + k) << lr) | x) >> shift] += val * row[k0 + k]
-        t += cnt
-    return sq
-
-
-@njit(cache=True, nogil=True, parallel=True)
-def _scatter_parallel(g, offset, acc, p, table, nt):  # pragma: no cover
-    n = g.shape[0]
-    step = ((n + nt - 1) // nt + 7) // 8 * 8
-    priv = np.zeros((nt, acc.shape[0]))
-    sq = np.zeros(nt)
-    for t in prange(nt):
-        lo = t * step
-        hi = min(n, lo + step)
-        if lo < hi:
-            sq[t] = _scatter_range(g, lo, hi, offset, priv[t], p, table)
-    for t in range(nt):
-        acc += priv[t]
-    return sq.sum()
 
 
 def params(keys: HashKeys, shift: int) -> np.ndarray:
@@ -105,20 +68,10 @@ def params(keys: HashKeys, shift: int) -> np.ndarray:
     )
 
 
-def scatter_add(acc: np.ndarray, g: np.ndarray, offset: int, p: np.ndarray) -> float:
-    """acc[F(i) >> shift] += s(F(i)) * g[i - offset] for the chunk; returns Σ g²."""
-    threads = numba.get_num_threads()
-    if g.shape[0] >= _PARALLEL_MIN and threads > 1:
-        return float(_scatter_parallel(g, offset, acc, p, SIGN_TABLE, threads))
-    return float(_scatter_range(g, 0, g.shape[0], offset, acc, p, SIGN_TABLE))
-
-
-# ---- Batched: R gradients, one hash per run for all of them ------------------------------------------------------
-#
 # Buckets are kept *run-major*: bucket k·v/8 + j (run offset k, base j = G(q) >> shift) lives at j·8 + k, so the 8
 # entries of a run update one 64-byte line with one 8-wide vector add instead of 8 scattered scalars. `finish`
-# transposes back. Each bucket still receives its entries in index order, with the same float64 operations as
-# `_scatter_range`, so buckets are bit-identical to the single-row kernel's serial path. Σg² is kept in 32 lanes,
+# transposes back. Each bucket receives its entries in index order, so a row's buckets do not depend on the blocking,
+# the thread count or the other rows. Σg² is kept in 32 lanes,
 # lane (q mod 4)·8 + k for entry 8q + k: a function of the index only (never of blocks, rows or threads), summed in a
 # fixed order by the caller; a single running sum would be a 3-cycle dependency per entry.
 
