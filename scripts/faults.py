@@ -116,10 +116,15 @@ class Env:
             text=True,
         )
         self.first_commit_seconds = 0.0  # when the first entry appeared: kill instants are drawn from there on
+        self.last_commit_seconds = 0.0  # when the newest entry appeared: the end of the commit phase
+        entries = 0
         while proc.poll() is None:
             if not self.first_commit_seconds and (self.ref / "manifest" / "000000001.json").exists():
                 self.first_commit_seconds = time.perf_counter() - start
-            time.sleep(0.005)
+            now = len(list((self.ref / "manifest").glob("*.json"))) if (self.ref / "manifest").is_dir() else 0
+            if now > entries:
+                entries, self.last_commit_seconds = now, time.perf_counter() - start
+            time.sleep(0.002)
         self.collect_seconds = time.perf_counter() - start
         assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
         self.ref_rows = snapshot(self.ref)
@@ -135,10 +140,11 @@ class Env:
 
 def kill_collect(env: Env, trials: int, rng: random.Random) -> dict[str, Any]:
     """Three trials in four wait for the killed run's own first commit, then kill it at an instant drawn over the
-    rest of the reference run (its commit phase); the fourth kills at an instant drawn before the reference's first
-    commit. (Instants drawn over the whole reference run landed inside the commit phase in 1 of 50 trials: loading
-    the model takes most of a small run.) Where each kill landed is read off the killed project: before its first
-    commit, after some commits (inside the run), or after every sample was committed."""
+    reference run's commit phase (its first to its last manifest entry); the fourth kills at an instant drawn before
+    the reference's first commit. (Instants drawn over the whole reference run landed inside the commit phase in 1 of
+    50 trials: loading the model takes most of a small run; drawn over the rest of the run after the first commit,
+    still 1 of 40, as the run's exit is slower than its commits.) Where each kill landed is read off the killed
+    project: before its first commit, after some commits (inside the run), or after every sample was committed."""
     passed, fails, landed = 0, [], Counter()
     total = len({sid for _, sid, _ in env.ref_rows})
     for trial in range(trials):
@@ -153,7 +159,7 @@ def kill_collect(env: Env, trials: int, rng: random.Random) -> dict[str, Any]:
             deadline = time.perf_counter() + 10 * env.collect_seconds
             while not first.exists() and proc.poll() is None and time.perf_counter() < deadline:
                 time.sleep(0.005)
-            time.sleep(rng.uniform(0, max(0.01, env.collect_seconds - env.first_commit_seconds)))
+            time.sleep(rng.uniform(0, max(0.01, env.last_commit_seconds - env.first_commit_seconds)))
         else:
             time.sleep(rng.uniform(0, env.first_commit_seconds))
         proc.send_signal(signal.SIGKILL)
@@ -179,6 +185,7 @@ def kill_collect(env: Env, trials: int, rng: random.Random) -> dict[str, Any]:
         "trials": trials,
         "passed": passed,
         "landed": dict(landed),
+        "commit_phase_s": [round(env.first_commit_seconds, 3), round(env.last_commit_seconds, 3)],
         "detail": fails[:5] or "identical to an uninterrupted run",
     }
 
