@@ -124,7 +124,7 @@ class Accumulator:
 
     One row of a `BatchAccumulator`: the same kernel, so a vector's buckets are bit-identical whether it is
     compressed alone or as a row of any batch, on any number of threads. (A separate single-row kernel, which split
-    a long chunk over threads, measured 2.5× slower than one row of the batched kernel on one thread.)
+    a long chunk over two threads, measured 2–2.6× slower than one row of the batched kernel on one thread.)
     """
 
     def __init__(self, comp: Compressor, v: int, device: torch.device, backend: Backend) -> None:
