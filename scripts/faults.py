@@ -225,8 +225,8 @@ def kill_other(env: Env, trials: int, rng: random.Random) -> dict[str, Any]:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         new = _files_of(project) - before
-        committed = any(path.startswith("manifest/") and not path.startswith("manifest/checkpoints") for path in new)
-        landed[f"{cmd[0]}: {'after the commit' if committed else 'while writing' if new else 'before any write'}"] += 1
+        where = "after the commit" if _commits(new) else "while writing" if new else "before any write"
+        landed[f"{cmd[0]}: {where}"] += 1
         q = run(["query", str(project), "--image", str(img), "--label", "0", "--knn", "--json"])
         ok = verify(project, deep=True).healthy and q.returncode == 0
         passed += ok
@@ -250,12 +250,17 @@ def _write_window(argv: list[str], project: Path, before: set[str]) -> float:
         new = _files_of(project) - before
         if first is None and new:
             first = time.perf_counter()
-        if any(path.startswith("manifest/") and not path.startswith("manifest/checkpoints") for path in new):
+        if _commits(new):
             commit = time.perf_counter()
         time.sleep(0.002)
     assert proc.wait() == 0, argv
     end = commit if commit is not None else time.perf_counter()
     return end - (first if first is not None else end)
+
+
+def _commits(new: set[str]) -> bool:
+    """Whether new files under a project include a manifest entry (a commit; checkpoints are not one)."""
+    return any(path.startswith("manifest/") and not path.startswith("manifest/checkpoints") for path in new)
 
 
 def _files_of(root: Path) -> set[str]:
