@@ -108,10 +108,10 @@ def parse_entry(text: str, where: str) -> Entry:
 def entry_names(root: Path) -> list[str]:
     """Entry file names in order. After listing, names past the last one are probed by stat: a directory
     listing cached by an NFS client may lag behind an entry another machine just linked."""
-    folder = root / paths.MANIFEST
-    if not folder.is_dir():
+    try:  # plain names, not Path objects: a project that answered 10,000 queries holds ~30,000 entries
+        names = sorted(n for n in os.listdir(root / paths.MANIFEST) if n.endswith(".json") and not n.startswith("."))
+    except (FileNotFoundError, NotADirectoryError):
         return []
-    names = sorted(p.name for p in folder.iterdir() if p.suffix == ".json" and not p.name.startswith("."))
     seq = int(names[-1].split(".")[0]) if names and names[-1].split(".")[0].isdigit() else len(names)
     while (root / paths.manifest_name(seq + 1)).is_file():
         seq += 1
