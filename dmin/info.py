@@ -164,10 +164,11 @@ def project_info(root: str | Path) -> ProjectInfo:
     brief = {k: every[k] for k in IDENTITY_BRIEF}
     brief["K"] = ident.K
     brief["identity_hash"] = ident.hash()
-    samples = len(project.sample_keys())
-    # rows of forgotten samples stay in files until `compact` and no longer count; a sample has K rows at every v
-    # (what `verify` checks), so the samples files alone say how many to take off
+    # counted from the manifest's row counts, not a million-key set: rows of forgotten samples stay in files until
+    # `compact` and no longer count; a sample has K rows at every v (what `verify` checks), so the samples files
+    # alone say how many to take off
     held = sum(int(dead.sum()) for f in project.live_files("samples") if (dead := project.dead_rows(f)) is not None)
+    samples = sum(f.rows for f in project.live_files("samples")) - held
     vs = []
     for v in ident.vs:
         grads = project.live_files("grads", v)
