@@ -121,6 +121,8 @@ def test_the_scale_bench_runs(tmp_path: Path) -> None:
     for op in ("open", "info", "verify", "verify_deep", "sql_join", "index", "index_add_1pct", "compact"):
         assert res[op]["seconds"] > 0 and res[op]["peak_rss_mb"] > 0, op
     assert res["index_loaded"]["recall_at_10"] >= 0.9
+    for state in ("query_after_10", "query_after_all"):  # timed in alternation, each over both rounds' queries
+        assert res[state]["runs"] == 2 and len(res[state]["exact_p50_by_run_s"]) == 2, res[state]
     assert res["live_files"] < res["manifest_entries"]  # the queries' and commits' small files were merged
     checks = out["targets"]["checks"]
     assert {"knn_p50_ms", "verify_deep_vs_disk", "collect_decision_s"} <= set(checks)
