@@ -485,8 +485,9 @@ def knn(
     return idx.sample_ids.take(pa.array(pos[best])).to_pylist(), total[best], per_t[best]
 
 
-def verify_indexes(project: Project, ver: Findings) -> None:
-    """Index checks for `verify`: checksum, label set, stale/unknown labels, and (deep) a recall self-test."""
+def verify_indexes(project: Project, ver: Findings, answered: dict[str, SelfTest] | None = None) -> None:
+    """Index checks for `verify`: checksum, label set, stale/unknown labels, and (deep) a recall self-test, whose
+    kNN half may have run apart (`answered`, by v)."""
     known = None
     for v in project.identity.vs:
         metas = project.live_files("index_meta", v)
@@ -528,31 +529,53 @@ def verify_indexes(project: Project, ver: Findings) -> None:
         if stale:
             ver.warn("index", f"index/v={v}", f"stale: misses {stale} committed sample(s); run `dmin index`")
         if ver.deep:
-            recall = self_test_recall(project, idx)
+            recall = self_test_recall(project, idx, (answered or {}).get(v))
             ver.checked["index_self_test"] += 1
             if recall is not None and recall < 0.9:
                 ver.defect("index", f"index/v={v}", f"self-test recall@10 = {recall:.3f} < 0.9 against exact scoring")
 
 
-def self_test_recall(project: Project, idx: LoadedIndex, queries: int = 20, k: int = 10) -> float | None:
-    """Query ≥ 20 live stored samples through the index; mean recall@10 against exact scoring, all queries scored
-    in one pass over the vectors (None if too few)."""
+def self_test_answers(project: Project, idx: LoadedIndex, queries: int = 20, k: int = 10) -> SelfTest | None:
+    """The self-test's kNN half: ≥ 20 live stored samples as queries and the index's top-k for each (None if too
+    few). `verify --deep` runs it in a process of its own while it reads the files: loading a million-sample graph
+    holds the GIL for seconds."""
     v = str(idx.meta["v"])
     picked: list[np.ndarray] = []
     for block in iter_blocks(project, v, keep=False):
         for i in block.live_rows()[: max(0, queries - len(picked))]:
             picked.append(np.asarray(block.vecs[i], dtype=np.float32))
+        if len(picked) >= queries:
+            break  # not every block of the project: mapping them all cost 2 s at 10^6 samples
     if not picked:
         return None
     qs = np.stack(picked)
+    got = [knn(project, idx, q, k, ef=max(100, 4 * k), allow_stale=True)[0] for q in qs]
+    return SelfTest(idx.files["index_meta"].path, qs, got)
+
+
+@dataclass
+class SelfTest:
+    """What an index answered to the self-test's queries: the build (its index_meta path), the queries, top-k ids."""
+
+    build: str
+    queries: np.ndarray
+    answers: list[list[str]]
+
+
+def self_test_recall(project: Project, idx: LoadedIndex, answered: SelfTest | None = None, k: int = 10) -> float | None:
+    """Mean recall@k of the index's answers to the self-test queries against exact scoring, all queries scored in
+    one pass over the vectors; `answered` when they were found apart (`self_test_answers`) for this build."""
+    if answered is None or answered.build != idx.files["index_meta"].path:
+        answered = self_test_answers(project, idx, k=k)
+    if answered is None:
+        return None
     held = np.zeros(max(project.next_row_id(), int(idx.labels.max()) + 1 if len(idx.labels) else 0), bool)
     held[idx.labels] = True  # a stale index is judged on the samples it holds (staleness is a warning)
-    exact = exact_scores_many(project, v, qs, held)
+    exact = exact_scores_many(project, str(idx.meta["v"]), answered.queries, held)
     hits = 0.0
-    for q, want in zip(qs, exact, strict=True):
-        got, _, _ = knn(project, idx, q, k, ef=max(100, 4 * k), allow_stale=True)
+    for want, got in zip(exact, answered.answers, strict=True):
         hits += len(set(want[:k]) & set(got)) / max(1, min(k, len(want)))
-    return hits / len(picked)
+    return hits / len(answered.answers)
 
 
 _SCORE_ROWS = 1024  # rows per matrix product: measured 1.5× faster than 16,384 on mapped pages (fewer TLB misses)

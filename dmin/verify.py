@@ -10,10 +10,12 @@ exit 0).
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,13 +27,13 @@ import pyarrow.parquet as pq
 
 from dmin.errors import DminError
 from dmin.findings import Finding, Findings
-from dmin.index import verify_indexes
+from dmin.index import SelfTest, current_index, self_test_answers, verify_indexes
 from dmin.precondition import check_preconditioners
 from dmin.store import paths
 from dmin.store.atomic import file_checksum
 from dmin.store.identity import Identity
 from dmin.store.keys import KeySet
-from dmin.store.manifest import Entry, FileRef, parse_entry
+from dmin.store.manifest import Entry, FileRef, parse_entry, prefetch
 from dmin.store.pages import plain_pieces
 from dmin.store.project import Project
 from dmin.store.schema import SAMPLES_BASE, fixed_schema, grads_schema
@@ -72,6 +74,7 @@ class _Verifier(Findings):
         self.root = root
         self.progress = progress
         self.seconds: dict[str, float] = {}
+        self.firsts: dict[str, Any] = {}  # (deep) grouped_firsts of each grads file, taken during the file pass
 
     def run(self) -> Report:
         try:
@@ -87,18 +90,36 @@ class _Verifier(Findings):
             self.entries(project, ident, self)
             self.defect("manifest", _file_of(exc), str(exc))
             return self.report()
-        # Deep verify replays every manifest entry (tens of thousands of small files, Python's work) in a thread
-        # beside the file pass, which spends its time in reads and hashing that release the GIL.
-        side = Findings(self.deep)
-        with ThreadPoolExecutor(1) as manifest:
-            job = manifest.submit(self.manifest, project, ident, side)
-            self.stage("files", lambda: self.check_files(project, refs))
-            entries = job.result()
+        # The manifest's checks run beside the file pass, which spends its time in reads and hashing that release
+        # the GIL. Deep verify replays every entry (tens of thousands of small files: Python's work), in a process
+        # of its own: in a thread it held the GIL that each of the file pass's reads waits for, halving its speed.
+        # Likewise the kNN half of the index self-test: loading a million-sample graph holds the GIL for seconds.
+        answered: dict[str, SelfTest] = {}
+        if self.deep:
+            prefetch(self.root, project.manifest_names())  # queued before the file pass's large reads
+            indexed = any(project.live_files("index_meta", v) for v in ident.vs)
+            with ProcessPoolExecutor(1 + indexed, mp_context=multiprocessing.get_context("spawn")) as pool:
+                job = pool.submit(_manifest_apart, str(self.root))
+                knn_job = pool.submit(_index_apart, str(self.root)) if indexed else None
+                self.stage("files", lambda: self.check_files(project, refs))
+                try:
+                    side, seconds, named = job.result()
+                    self.seconds.update(seconds)
+                    answered = knn_job.result() if knn_job is not None else {}
+                except (BrokenProcessPool, OSError):  # no worker could start, or one died: the checks run here
+                    side = Findings(True)
+                    named = {f.path for e in self.manifest(project, ident, side) for f in e.files}
+        else:
+            side = Findings(self.deep)
+            with ThreadPoolExecutor(1) as manifest:
+                thread_job = manifest.submit(self.manifest, project, ident, side)
+                self.stage("files", lambda: self.check_files(project, refs))
+                named = {f.path for e in thread_job.result() for f in e.files}
         self.findings[:0] = side.findings  # the manifest's findings first, as it was checked first
         self.checked.update(side.checked)
         stages = [
             ("complete", lambda: self.check_complete(project, ident)),
-            ("index", lambda: verify_indexes(project, self)),
+            ("index", lambda: verify_indexes(project, self, answered)),
             ("precondition", lambda: check_preconditioners(project, self)),
             ("forgotten", lambda: self.check_forgotten(project)),
             ("checkpoint", lambda: self.check_checkpoints(project)),
@@ -107,7 +128,7 @@ class _Verifier(Findings):
             stages += [
                 ("duplicates", lambda: self.check_keys(project, ident)),
                 ("fold", lambda: self.check_folds(project, ident, refs)),
-                ("orphan", lambda: self.check_orphans(project, entries)),
+                ("orphan", lambda: self.check_orphans(named)),
             ]
         for name, stage in stages:
             self.stage(name, stage)
@@ -247,8 +268,16 @@ class _Verifier(Findings):
     def check_files(self, project: Project, refs: list[FileRef]) -> None:
         """Every committed file, two at a time: reading, hashing (xxhash) and the vector scan release the GIL, so
         one file's checks run while the disk reads the other. Findings keep the manifest's file order."""
+        K = project.identity.K
+
+        def one(ref: FileRef) -> Findings:
+            found = check_file(project, ref, self.deep)
+            if self.deep and ref.table == "grads" and not found.findings:  # read while its pages are cached
+                self.firsts[ref.path] = grouped_firsts(project, ref, K)
+            return found
+
         with ThreadPoolExecutor(2) as pool:
-            for i, found in enumerate(pool.map(lambda ref: check_file(project, ref, self.deep), refs), 1):
+            for i, found in enumerate(pool.map(one, refs), 1):
                 self.absorb(found)
                 if self.progress:
                     self.progress(i, len(refs))
@@ -290,26 +319,17 @@ class _Verifier(Findings):
 
     def check_keys(self, project: Project, ident: Identity) -> None:
         """(deep) Key by key: each grads file's rows come K at a time (t_idx 0..K-1, one sample), no sample has rows
-        in two files, and the samples at each v are exactly the live samples."""
+        in two files, and the samples at each v are exactly the live samples. Each file's own part ran in the file
+        pass, while its pages were cached (`grouped_firsts`); what is left compares files with each other."""
         K = ident.K
         live = project.sample_keys()
         for v in ident.vs:
             seen = KeySet()
             for ref in project.live_files("grads", v):
-                try:
-                    t = pq.read_table(self.root / ref.path, columns=["sample_id", "t_idx"])
-                except (OSError, pa.ArrowException, KeyError):
+                firsts = self.firsts.pop(ref.path) if ref.path in self.firsts else grouped_firsts(project, ref, K)
+                if firsts is _UNREADABLE:
                     continue  # reported by check_file
-                dead = project.dead_rows(ref)
-                if dead is not None:
-                    t = t.filter(pa.array(~dead))
-                ids, t_idx = t.column("sample_id").combine_chunks(), t.column("t_idx").to_numpy()
-                firsts = ids.take(pa.array(np.arange(0, len(ids), K))) if len(ids) else ids
-                grouped = len(ids) % K == 0 and bool((t_idx == np.tile(np.arange(K), len(ids) // K)).all())
-                if grouped and K > 1:
-                    spread = firsts.take(pa.array(np.repeat(np.arange(len(firsts)), K)))
-                    grouped = bool(pc.all(pc.equal(ids, spread)).as_py())
-                if not grouped:
+                if firsts is None:
                     self.defect(
                         "complete", ref.path, f"rows do not come K={K} at a time (t_idx 0..{K - 1} of one sample)"
                     )
@@ -408,8 +428,8 @@ class _Verifier(Findings):
                     return out
         return out
 
-    def check_orphans(self, project: Project, entries: list[Entry]) -> None:
-        named = {f.path for e in entries for f in e.files}
+    def check_orphans(self, named: set[str]) -> None:
+        """Files below the data folders that no entry names (`named`: every path any entry names)."""
         for top in paths.DATA_DIRS:
             folder = self.root / top
             if not folder.is_dir():
@@ -423,6 +443,58 @@ class _Verifier(Findings):
                             rel,
                             "not named by any manifest entry (left by an interrupted write); readers ignore it",
                         )
+
+
+def _manifest_apart(root: str) -> tuple[Findings, dict[str, float], set[str]]:
+    """(deep) The manifest's checks in a process of their own: (findings, seconds per stage, every path an entry
+    names). A project that does not open is reported by the parent."""
+    ver = _Verifier(Path(root), deep=True)
+    found = Findings(True)
+    try:
+        project = Project.open(root)
+    except DminError:
+        return found, {}, set()
+    entries = ver.manifest(project, project.identity, found)
+    return found, ver.seconds, {f.path for e in entries for f in e.files}
+
+
+def _index_apart(root: str) -> dict[str, SelfTest]:
+    """(deep) The kNN half of each index's self-test in a process of its own, by v; an index that fails here is
+    left out, and the parent's own self-test reports why."""
+    out: dict[str, SelfTest] = {}
+    try:
+        project = Project.open(root)
+        for v in project.identity.vs:
+            with contextlib.suppress(DminError, OSError, RuntimeError, ValueError):
+                idx = current_index(project, v) if project.live_files("index_meta", v) else None
+                answers = self_test_answers(project, idx) if idx is not None else None
+                if answers is not None:
+                    out[v] = answers
+    except DminError:
+        pass
+    return out
+
+
+_UNREADABLE: Any = object()  # grouped_firsts of a file that cannot be read (check_file reports why)
+
+
+def grouped_firsts(project: Project, ref: FileRef, K: int) -> pa.Array | None:
+    """The sample_id of each K-row group of a grads file's live rows; None when its rows do not come K at a time
+    (t_idx 0..K-1 of one sample), _UNREADABLE when the file cannot be read."""
+    try:
+        t = pq.read_table(project.root / ref.path, columns=["sample_id", "t_idx"])
+    except (OSError, pa.ArrowException, KeyError):
+        return _UNREADABLE
+    dead = project.dead_rows(ref)
+    if dead is not None:
+        t = t.filter(pa.array(~dead))
+    ids, t_idx = t.column("sample_id").combine_chunks(), t.column("t_idx").to_numpy()
+    firsts = ids.take(pa.array(np.arange(0, len(ids), K))) if len(ids) else ids
+    grouped = len(ids) % K == 0 and bool((t_idx == np.tile(np.arange(K), len(ids) // K)).all())
+    if grouped and K > 1:
+        spread = firsts.take(pa.array(np.repeat(np.arange(len(firsts)), K)))
+        grouped = bool(pc.all(pc.equal(ids, spread)).as_py())
+    return firsts if grouped else None
 
 
 def check_file(project: Project, ref: FileRef, deep: bool) -> Findings:

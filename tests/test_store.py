@@ -204,6 +204,42 @@ def test_verify_duplicate_rows_nan_and_schema(small_project: Project) -> None:
     assert "schema" in {c for c, _ in _defects(small_project.root)}
 
 
+def test_deep_verify_checks_the_manifest_itself_when_no_worker_process_starts(
+    small_project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deep verify replays the manifest in a worker process; where none can start, it does the work itself."""
+    from concurrent.futures import Future
+    from concurrent.futures.process import BrokenProcessPool
+
+    verify_module = sys.modules["dmin.verify"]  # `dmin.verify` the attribute is the function
+
+    class NoWorkers:
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            pass
+
+        def __enter__(self) -> NoWorkers:
+            return self
+
+        def __exit__(self, *args: object) -> None:
+            pass
+
+        def submit(self, *args: object) -> Future[object]:
+            future: Future[object] = Future()
+            future.set_exception(BrokenProcessPool("no worker could start"))
+            return future
+
+    stray = small_project.root / "grads" / "v=256" / "stray.parquet"
+    stray.write_bytes(b"left by an interrupted write")
+    monkeypatch.setattr(verify_module, "ProcessPoolExecutor", NoWorkers)
+    report = verify(small_project.root, deep=True)
+    assert report.checked["manifest_entries"] == small_project.state().seq  # every entry, replayed here
+    assert ("orphan", "grads/v=256/stray.parquet") in {(f.check, f.file) for f in report.findings}
+    monkeypatch.undo()  # and the same findings from the worker processes
+    apart = verify(small_project.root, deep=True)
+    assert apart.checked["manifest_entries"] == report.checked["manifest_entries"]
+    assert [(f.check, f.file) for f in apart.findings] == [(f.check, f.file) for f in report.findings]
+
+
 def test_verify_identity_swap(small_project: Project, tmp_path: Path) -> None:
     other = Project.create(tmp_path / "other", make_identity(model_fingerprint="m1"))
     (small_project.root / "dmin.json").write_bytes((other.root / "dmin.json").read_bytes())
