@@ -183,8 +183,7 @@ class _Verifier(Findings):
         first = 1
         if not self.deep:
             with contextlib.suppress(DminError):
-                checkpoint = project.checkpoint(len(names))
-                first = checkpoint.seq if checkpoint is not None else 1
+                first = project.checkpoint_seq(len(names)) or 1
         mismatched: list[str] = []
         folder = os.fspath(self.root / paths.MANIFEST)
         for name in names[first - 1 :]:
