@@ -457,6 +457,46 @@ def run(n: int, queries: int, work: Path, say: Any) -> dict[str, Any]:
     return res
 
 
+def measure_existing(folder: Path, n: int, say: Any) -> dict[str, Any]:
+    """The per-call operations again on a project a kept run built (`--keep`), as it stands now — after its run's
+    10,000 queries, forget and compact: opening, info, verify, verify --deep on a cold cache beside the disk's read
+    rate, and a query's everything-but-the-gradient beside the numpy scan, in alternation. For re-measuring a
+    change without rebuilding 10^6 samples (an hour here); queries are committed into the project."""
+    root = folder / "project"
+    res: dict[str, Any] = {"n": n, "project": str(root)}
+
+    def op(name: str, fn: Any) -> None:
+        say(f"existing n={n}: {name}")
+        wall, rss, extra = fn()
+        res.setdefault(name, []).append({"seconds": wall, "peak_rss_mb": rss, "peak_anon_mb": ANON_PEAK_MB[0],
+                                         **(extra or {})})
+
+    for r in range(ROUNDS):
+        op("open", lambda: child("open", str(root)))
+        op("info", lambda: (*cli("info", str(root), "--json")[:2], None))
+        op("verify", lambda: (*cli("verify", str(root), "--json")[:2], None))
+        op("query", lambda r=r: child("queries", str(root), "20", str(100 + r), str(n)))
+        op("exact_numpy", lambda: child("numpy", str(root)))
+    res["disk_read_bytes_per_s"] = disk_read_rate(folder)
+    res["live_bytes"] = live_bytes(root)
+    for _ in range(ROUNDS):
+        evict(root)
+        op("verify_deep", lambda: (*cli("verify", str(root), "--deep", "--json")[:2], None))
+    best = {name: min(run["seconds"] for run in runs) for name, runs in res.items() if isinstance(runs, list)}
+    deep = res["live_bytes"] / best["verify_deep"] / res["disk_read_bytes_per_s"]
+    exact = min(run["exact_p50_s"] for run in res["query"]) / best["exact_numpy"]
+    knn = min(run["knn_p50_s"] for run in res["query"])
+    res["checks"] = {
+        "open_s": {"value": best["open"], "target": "≤ 2", "pass": best["open"] <= 2},
+        "info_s": {"value": best["info"], "target": "≤ 2", "pass": best["info"] <= 2},
+        "verify_s": {"value": best["verify"], "target": "≤ 2", "pass": best["verify"] <= 2},
+        "verify_deep_vs_disk": {"value": deep, "target": "≥ 0.5", "pass": deep >= 0.5},
+        "exact_vs_numpy_scan": {"value": exact, "target": "≤ 1.5", "pass": exact <= 1.5},
+        "knn_p50_ms": {"value": knn * 1000, "target": "≤ 30", "pass": knn <= 0.030},
+    }
+    return res
+
+
 OPS = ["open", "info", "verify", "verify_deep", "sql_group_by", "sql_join", "index", "index_add_1pct",
        "compress_v64", "forget_100", "compact", "collect_decision"]
 QUERY_OPS = ["exact_p50_s", "knn_p50_s"]
@@ -555,7 +595,13 @@ def main() -> None:
     ap.add_argument("--plot", type=Path, default=None, help="draw seconds against N here (PNG)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--existing", type=Path, default=None,
+                    help="re-measure the per-call operations on a kept run's folder (…/n1000000); --n gives its N")
     args, rest = ap.parse_known_args()
+    if args.existing:
+        say_err = (lambda text: None) if args.json else (lambda text: print(text, file=sys.stderr, flush=True))
+        print(json.dumps({"existing": measure_existing(args.existing, args.n[0], say_err)}))
+        return
     if args.child:
         fn = CHILDREN[args.child]
         print(json.dumps(fn(*[int(x) if x.isdigit() else x for x in rest])))

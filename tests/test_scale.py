@@ -111,7 +111,8 @@ def test_small_files_are_merged_and_no_row_is_lost(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_the_scale_bench_runs(tmp_path: Path) -> None:
     r = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "bench_scale.py"), "--quick", "--json", "--work", str(tmp_path)],
+        [sys.executable, str(REPO / "scripts" / "bench_scale.py"), "--quick", "--json", "--work", str(tmp_path),
+         "--keep"],
         capture_output=True,
         text=True,
     )
@@ -126,6 +127,18 @@ def test_the_scale_bench_runs(tmp_path: Path) -> None:
     assert res["live_files"] < res["manifest_entries"]  # the queries' and commits' small files were merged
     checks = out["targets"]["checks"]
     assert {"knn_p50_ms", "verify_deep_vs_disk", "collect_decision_s"} <= set(checks)
+    again = subprocess.run(  # the kept project re-measured as it stands
+        [sys.executable, str(REPO / "scripts" / "bench_scale.py"), "--existing", str(tmp_path / "n2000"), "--n", "2000",
+         "--json"],
+        capture_output=True,
+        text=True,
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    existing = json.loads(again.stdout.strip().splitlines()[-1])["existing"]
+    assert len(existing["verify_deep"]) == 2 and all(run["seconds"] > 0 for run in existing["verify_deep"])
+    assert {"open_s", "info_s", "verify_s", "verify_deep_vs_disk", "exact_vs_numpy_scan", "knn_p50_ms"} == set(
+        existing["checks"]
+    )
 
 
 def test_a_checkpointed_state_forgets_old_supersedes_as_a_replay_does() -> None:
