@@ -535,10 +535,19 @@ def verify_indexes(project: Project, ver: Findings, answered: dict[str, SelfTest
                 ver.defect("index", f"index/v={v}", f"self-test recall@10 = {recall:.3f} < 0.9 against exact scoring")
 
 
+@dataclass
+class SelfTest:
+    """What an index answered to the self-test's queries: the build (its index_meta path), the queries, top-k ids."""
+
+    build: str
+    queries: np.ndarray
+    answers: list[list[str]]
+
+
 def self_test_answers(project: Project, idx: LoadedIndex, queries: int = 20, k: int = 10) -> SelfTest | None:
-    """The self-test's kNN half: ≥ 20 live stored samples as queries and the index's top-k for each (None if too
-    few). `verify --deep` runs it in a process of its own while it reads the files: loading a million-sample graph
-    holds the GIL for seconds."""
+    """The self-test's kNN half: the first `queries` live stored samples as queries and the index's top-k for each
+    (None when there is none). `verify --deep` runs it in a process of its own while it reads the files: loading
+    a million-sample graph holds the GIL for seconds."""
     v = str(idx.meta["v"])
     picked: list[np.ndarray] = []
     for block in iter_blocks(project, v, keep=False):
@@ -551,15 +560,6 @@ def self_test_answers(project: Project, idx: LoadedIndex, queries: int = 20, k: 
     qs = np.stack(picked)
     got = [knn(project, idx, q, k, ef=max(100, 4 * k), allow_stale=True)[0] for q in qs]
     return SelfTest(idx.files["index_meta"].path, qs, got)
-
-
-@dataclass
-class SelfTest:
-    """What an index answered to the self-test's queries: the build (its index_meta path), the queries, top-k ids."""
-
-    build: str
-    queries: np.ndarray
-    answers: list[list[str]]
 
 
 def self_test_recall(project: Project, idx: LoadedIndex, answered: SelfTest | None = None, k: int = 10) -> float | None:

@@ -385,11 +385,13 @@ class Project:
         only those files' ids are read, not a million-key set."""
         liveness = self.liveness()
         ids = liveness.forgotten
+        if not ids:
+            return set()
         if self._keys is not None and self._keys[0] == self.state().seq:  # built already: one lookup
             order = sorted(ids)
             return {s for s, again in zip(order, self._keys[1].contains(order), strict=True) if not again}
         again: set[str] = set()
-        for ref in self.live_files("samples") if ids else ():
+        for ref in self.live_files("samples"):
             could = ids - liveness.dead(ref)  # rows of these in this file would be live
             if could:
                 col = pq.read_table(self.checked(ref), columns=["sample_id"]).column("sample_id")
