@@ -122,7 +122,8 @@ def test_stale_index_incremental_equals_rebuilt(tmp_path: Path) -> None:
     assert sorted(inc.labels.tolist()) == sorted(full.labels.tolist())
     for q in queries[:10]:
         assert knn(p, inc, q, 5)[0] == knn(p, full, q, 5)[0]
-    assert verify(p.root, deep=True).healthy
+    report = verify(p.root, deep=True)
+    assert report.healthy and report.checked["index_self_test"] == 1  # the graph answered the self-test
 
 
 def test_verify_catches_damaged_index(tmp_path: Path) -> None:
