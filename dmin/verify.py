@@ -108,13 +108,13 @@ class _Verifier(Findings):
                     answered = knn_job.result() if knn_job is not None else {}
                 except (BrokenProcessPool, OSError):  # no worker could start, or one died: the checks run here
                     side = Findings(True)
-                    named = {f.path for e in self.manifest(project, ident, side) for f in e.files}
+                    named = self.manifest(project, ident, side)
         else:
             side = Findings(self.deep)
             with ThreadPoolExecutor(1) as manifest:
                 thread_job = manifest.submit(self.manifest, project, ident, side)
                 self.stage("files", lambda: self.check_files(project, refs))
-                named = {f.path for e in thread_job.result() for f in e.files}
+                named = thread_job.result()
         self.findings[:0] = side.findings  # the manifest's findings first, as it was checked first
         self.checked.update(side.checked)
         stages = [
@@ -152,9 +152,9 @@ class _Verifier(Findings):
         return Report(str(self.root), self.deep, self.findings, dict(self.checked), dict(self.seconds))
 
     # -- manifest -----------------------------------------------------------------------------------------
-    def manifest(self, project: Project, ident: Identity, found: Findings) -> list[Entry]:
+    def manifest(self, project: Project, ident: Identity, found: Findings) -> set[str]:
         """The manifest's checks, run beside the file pass: its entries and (deep) their replay against the
-        checkpoint. Returns the entries parsed."""
+        checkpoint. Returns every path an entry parsed names (the orphan check's list)."""
         entries = self.entries(project, ident, found)
         if self.deep:
             start = time.perf_counter()
@@ -163,7 +163,7 @@ class _Verifier(Findings):
             except (DminError, OSError, ValueError, KeyError) as exc:
                 found.defect("checkpoint", _file_of(exc), f"check could not complete: {exc}")
             self.seconds["checkpoint_replay"] = time.perf_counter() - start
-        return entries
+        return {f.path for e in entries for f in e.files}
 
     def entries(self, project: Project, ident: Identity, found: Findings) -> list[Entry]:
         """Parse and check manifest entries: quick, those after the newest checkpoint (readers use nothing older);
@@ -453,8 +453,8 @@ def _manifest_apart(root: str) -> tuple[Findings, dict[str, float], set[str]]:
         project = Project.open(root)
     except DminError:
         return found, {}, set()
-    entries = ver.manifest(project, project.identity, found)
-    return found, ver.seconds, {f.path for e in entries for f in e.files}
+    named = ver.manifest(project, project.identity, found)
+    return found, ver.seconds, named
 
 
 def _index_apart(root: str) -> dict[str, SelfTest]:

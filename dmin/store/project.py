@@ -251,16 +251,16 @@ class Project:
         for seq in range(state.seq + 1, upto + 1):
             state.apply(self.read_entry(seq))
 
+    def _checkpoint_seqs(self, newest: int) -> list[int]:
+        """The seqs of the checkpoint files at or before entry `newest`, newest first."""
+        folder = self.root / paths.CHECKPOINTS
+        stems = (p.name.split(".")[0] for p in folder.glob("*.json")) if folder.is_dir() else ()
+        return sorted((seq for stem in stems if stem.isdigit() and 0 < (seq := int(stem)) <= newest), reverse=True)
+
     def checkpoint(self, newest: int) -> State | None:
         """The newest checkpoint at or before entry `newest` that agrees with its entry; None when there is none
         (readers then fold every entry: a damaged checkpoint costs time, never correctness)."""
-        folder = self.root / paths.CHECKPOINTS
-        if not folder.is_dir():
-            return None
-        for name in sorted((p.name for p in folder.glob("*.json")), reverse=True):
-            seq = int(name.split(".")[0]) if name.split(".")[0].isdigit() else 0
-            if not 0 < seq <= newest:
-                continue
+        for seq in self._checkpoint_seqs(newest):
             where = checkpoint_name(seq)
             try:
                 state = State.from_json((self.root / where).read_text(errors="replace"), where, self._identity_hash)
@@ -274,12 +274,9 @@ class Project:
     def checkpoint_seq(self, newest: int) -> int | None:
         """The seq of the checkpoint `checkpoint(newest)` returns, without parsing it again where this process
         has (a million samples' checkpoint takes ~0.2 s to parse)."""
-        folder = self.root / paths.CHECKPOINTS
-        names = sorted((p.name for p in folder.glob("*.json")), reverse=True) if folder.is_dir() else []
-        seqs = [int(n.split(".")[0]) for n in names if n.split(".")[0].isdigit()]
-        newest_seq = max((s for s in seqs if 0 < s <= newest), default=None)
-        if newest_seq is not None and self.vouched(checkpoint_name(newest_seq)):
-            return newest_seq
+        seqs = self._checkpoint_seqs(newest)
+        if seqs and self.vouched(checkpoint_name(seqs[0])):
+            return seqs[0]
         state = self.checkpoint(newest)
         return state.seq if state is not None else None
 
