@@ -31,7 +31,6 @@ import pyarrow.parquet as pq
 import xxhash
 
 from dmin.errors import IndexStale, IntegrityError, UsageError
-from dmin.findings import Findings
 from dmin.store import paths
 from dmin.store.atomic import write_atomic, write_bytes_atomic, write_parquet_atomic
 from dmin.store.builds import commit_build
@@ -39,6 +38,7 @@ from dmin.store.manifest import Entry, FileRef
 from dmin.store.project import Project
 from dmin.store.tables import labels_table
 from dmin.store.vectors import VectorBlock, iter_blocks
+from dmin.topk import TopK
 from dmin.vs import resolve_v
 
 GRAPH_V = 256  # graph dims per timestep at most; fewer once the graph would pass GRAPH_BYTES (`graph_v_for`)
@@ -46,6 +46,9 @@ GRAPH_BYTES = 2 << 30  # the graph's vectors' budget: 10^6 samples at K = 10 get
 MIN_GRAPH_V = 16
 RERANK_FACTOR = 16  # candidates re-ranked exactly per result wanted: recall@10 0.98 at N = 10^5 (bench_scale.py)
 _ADD_ROWS = 8192  # rows handed to hnswlib per add_items call (its threads split each call)
+SELF_TEST_QUERIES = 20
+SELF_TEST_K = 10
+SELF_TEST_DEPTH = 4 * SELF_TEST_K  # answers stored per query: forgetting up to 30 of them leaves the top-10 known
 
 
 @dataclass(frozen=True)
@@ -195,6 +198,7 @@ def write_build(
             max_elements=max(elements, 1), ef_construction=params.ef_construction, M=params.m, random_seed=0
         )
     graph.set_num_threads(params.threads or max(1, len(os.sched_getaffinity(0))))
+    test = SelfTestBuild.after(project, prev)
     new_rows: list[np.ndarray] = []
     new_ids: list[pa.Array] = []
     pending: list[tuple[np.ndarray, np.ndarray]] = []
@@ -211,6 +215,7 @@ def write_build(
 
     for vecs, rows, ids in _new_rows(project, v, have):
         pending.append((graph_vectors(vecs, graph_v), rows))
+        test.add(vecs, ids)
         new_rows.append(rows)
         new_ids.append(ids)
         if sum(len(r) for _, r in pending) >= _ADD_ROWS:
@@ -234,6 +239,9 @@ def write_build(
         "build": build,
         "K": K,
     }
+    answers = test.meta()
+    if answers is not None:
+        meta["self_test"] = answers
     folder, written = save_build(project, v, graph, labels, sample_ids, meta)
     return folder, written, {"added": added, "count": len(labels), "build": build}
 
@@ -288,6 +296,8 @@ def erase(
     at = np.flatnonzero(keep)
     labels, ids = idx.labels[at], idx.sample_ids.take(pa.array(at))
     meta = {**idx.meta, "count": len(labels), "labels_checksum": labels_checksum(labels, ids)}
+    if "self_test" in meta:  # no forgotten sample_id stays in index.json either
+        meta["self_test"] = without(meta["self_test"], set(idx.sample_ids.filter(pa.array(~keep)).to_pylist()))
     meta["labels_checksum_version"] = LABELS_CHECKSUM
     meta["build"] = _next_build(project, str(idx.meta["v"]))
     meta.setdefault("elements", len(idx.labels))
@@ -321,6 +331,10 @@ class RowSource:
             block_of[rows[ok]] = b
             row_in[rows[ok]] = np.flatnonzero(ok)
         return cls(blocks, block_of, row_in)
+
+    def vectors(self, row_ids: np.ndarray) -> np.ndarray:
+        """(len(row_ids), K, v) float32: the stored vectors of a few rows."""
+        return np.stack([np.asarray(self.blocks[self.block_of[r]].vecs[self.row_in[r]], np.float32) for r in row_ids])
 
     def dots(self, row_ids: np.ndarray, query: np.ndarray) -> np.ndarray:
         """(len(row_ids), K) per-timestep inner products with the query, file by file."""
@@ -485,125 +499,95 @@ def knn(
     return idx.sample_ids.take(pa.array(pos[best])).to_pylist(), total[best], per_t[best]
 
 
-def verify_indexes(project: Project, ver: Findings, answered: dict[str, SelfTest] | None = None) -> None:
-    """Index checks for `verify`: checksum, label set, stale/unknown labels, and (deep) a recall self-test, whose
-    kNN half may have run apart (`answered`, by v)."""
-    known = None
-    for v in project.identity.vs:
-        metas = project.live_files("index_meta", v)
-        if not metas:
-            continue
-        folder = metas[-1].path.rsplit("/", 1)[0]
-        ref = next((f for f in project.live_files("index", v) if f.path.rsplit("/", 1)[0] == folder), None)
-        if ref is None:
-            ver.defect("index", f"index/v={v}", "index entry names no hnsw.bin")
-            continue
-        try:
-            idx = current_index(project, v)
-        except IntegrityError as exc:
-            ver.defect("index", f"index/v={v}", str(exc))
-            continue
-        if idx is None:
-            continue
-        ver.checked["indexes"] += 1
-        if not labels_ok(idx):
-            ver.defect(
-                "index", idx.files["index_labels"].path, "label set does not match the checksum recorded in index.json"
-            )
-            continue
-        if idx.meta.get("identity_hash") != project.identity.hash():
-            ver.defect("index", idx.files["index_meta"].path, "index was built for a different identity")
-        if not ver.deep:  # row ids are assigned in contiguous ranges: one past the last names no sample
-            unknown = idx.labels[(idx.labels < 0) | (idx.labels >= project.next_row_id())]
-        else:
-            if known is None:  # every committed row id, forgotten ones included: a forgotten label is filtered
-                every = project.read_table("samples", columns=["row_id"], live=False)
-                known = np.zeros(0, np.int64) if every is None else every.column("row_id").to_numpy()
-            unknown = idx.labels[~np.isin(idx.labels, known)]
-        if len(unknown):
-            ver.defect(
-                "index", f"index/v={v}", f"{len(unknown)} label(s) name no committed sample (e.g. row_id {unknown[0]})"
-            )
-            continue
-        stale = stale_count(project, idx)
-        if stale:
-            ver.warn("index", f"index/v={v}", f"stale: misses {stale} committed sample(s); run `dmin index`")
-        if ver.deep:
-            recall = self_test_recall(project, idx, (answered or {}).get(v))
-            ver.checked["index_self_test"] += 1
-            if recall is not None and recall < 0.9:
-                ver.defect("index", f"index/v={v}", f"self-test recall@10 = {recall:.3f} < 0.9 against exact scoring")
+class SelfTestBuild:
+    """The self-test's exact half, found while a build streams its new rows past: a fresh build takes the first
+    SELF_TEST_QUERIES live rows as queries; an incremental one carries its previous build's queries and answers and
+    ranks the new rows into them. `meta()` is what index.json keeps (None when there is nothing to carry): per query
+    its top SELF_TEST_DEPTH, and whether that list holds every sample of the build ("whole"), which tells when
+    forgetting leaves the top-10 unknown."""
+
+    def __init__(self, ids: list[str] | None = None, top: TopK | None = None, whole: list[bool] | None = None) -> None:
+        self.ids = ids or []
+        self.top = top
+        self.whole = whole  # per carried query: its previous list held every sample
+        self.fresh = ids is None  # queries still to be picked from the first rows
+        self.early: list[tuple[np.ndarray, pa.Array]] = []
+
+    @classmethod
+    def after(cls, project: Project, prev: LoadedIndex | None) -> SelfTestBuild:
+        """The self-test of a build extending `prev` (a fresh one without it)."""
+        if prev is None:
+            return cls()
+        stored = prev.meta.get("self_test")
+        if not stored:
+            return cls([])  # answers never stored for this index: verify scans for them
+        ids, vecs = stored_queries(project, prev, stored["queries"])
+        if not ids:
+            return cls([])
+        top = TopK(vecs, SELF_TEST_DEPTH)
+        at = {sid: q for q, sid in enumerate(stored["queries"])}
+        for q, sid in enumerate(ids):
+            top.seed(q, stored["exact"][at[sid]], stored["scores"][at[sid]])
+        return cls(ids, top, [bool(stored["whole"][at[sid]]) for sid in ids])
+
+    def add(self, vecs: np.ndarray, ids: pa.Array) -> None:
+        """New rows of the build: (n, K, v) vectors and their sample ids."""
+        if self.top is not None:
+            self.top.add(vecs.reshape(len(vecs), -1), ids)
+        elif self.fresh:
+            self.early.append((vecs, ids))
+            if sum(len(e[1]) for e in self.early) >= SELF_TEST_QUERIES:
+                self._start()
+
+    def _start(self) -> None:
+        self.fresh = False
+        if not self.early:
+            return
+        vecs = np.concatenate([e[0][:SELF_TEST_QUERIES] for e in self.early])[:SELF_TEST_QUERIES]
+        self.ids = pa.concat_arrays([e[1] for e in self.early]).to_pylist()[:SELF_TEST_QUERIES]
+        self.top = TopK(np.asarray(vecs, np.float32), SELF_TEST_DEPTH)
+        for e in self.early:
+            self.top.add(e[0].reshape(len(e[0]), -1), e[1])
+        self.early.clear()
+
+    def meta(self) -> dict[str, Any] | None:
+        if self.fresh:
+            self._start()
+        if self.top is None:
+            return None
+        found = self.top.result()
+        whole = self.whole or [True] * len(found)
+        return {
+            "queries": self.ids,
+            "depth": SELF_TEST_DEPTH,
+            "exact": [ids for ids, _ in found],
+            "scores": [scores for _, scores in found],
+            "whole": [w and len(ids) < SELF_TEST_DEPTH for w, (ids, _) in zip(whole, found, strict=True)],
+        }
 
 
-@dataclass
-class SelfTest:
-    """What an index answered to the self-test's queries: the build (its index_meta path), the queries, top-k ids."""
-
-    build: str
-    queries: np.ndarray
-    answers: list[list[str]]
-
-
-def self_test_answers(project: Project, idx: LoadedIndex, queries: int = 20, k: int = 10) -> SelfTest | None:
-    """The self-test's kNN half: the first `queries` live stored samples as queries and the index's top-k for each
-    (None when there is none). `verify --deep` runs it in a process of its own while it reads the files: loading
-    a million-sample graph holds the GIL for seconds."""
-    v = str(idx.meta["v"])
-    picked: list[np.ndarray] = []
-    for block in iter_blocks(project, v, keep=False):
-        for i in block.live_rows()[: max(0, queries - len(picked))]:
-            picked.append(np.asarray(block.vecs[i], dtype=np.float32))
-        if len(picked) >= queries:
-            break  # not every block of the project: mapping them all cost 2 s at 10^6 samples
-    if not picked:
-        return None
-    qs = np.stack(picked)
-    got = [knn(project, idx, q, k, ef=max(100, 4 * k), allow_stale=True)[0] for q in qs]
-    return SelfTest(idx.files["index_meta"].path, qs, got)
+def without(stored: dict[str, Any], gone: set[str]) -> dict[str, Any]:
+    """Stored self-test answers less the samples in `gone` (and the queries that were such samples)."""
+    out: dict[str, Any] = {**stored, "queries": [], "exact": [], "scores": [], "whole": []}
+    for q, query in enumerate(stored["queries"]):
+        if query not in gone:
+            kept = [(i, s) for i, s in zip(stored["exact"][q], stored["scores"][q], strict=True) if i not in gone]
+            out["queries"].append(query)
+            out["exact"].append([i for i, _ in kept])
+            out["scores"].append([s for _, s in kept])
+            out["whole"].append(stored["whole"][q])
+    return out
 
 
-def self_test_recall(project: Project, idx: LoadedIndex, answered: SelfTest | None = None, k: int = 10) -> float | None:
-    """Mean recall@k of the index's answers to the self-test queries against exact scoring, all queries scored in
-    one pass over the vectors; `answered` when they were found apart (`self_test_answers`) for this build."""
-    if answered is None or answered.build != idx.files["index_meta"].path:
-        answered = self_test_answers(project, idx, k=k)
-    if answered is None:
-        return None
-    held = np.zeros(max(project.next_row_id(), int(idx.labels.max()) + 1 if len(idx.labels) else 0), bool)
-    held[idx.labels] = True  # a stale index is judged on the samples it holds (staleness is a warning)
-    exact = exact_scores_many(project, str(idx.meta["v"]), answered.queries, held)
-    hits = 0.0
-    for want, got in zip(exact, answered.answers, strict=True):
-        hits += len(set(want[:k]) & set(got)) / max(1, min(k, len(want)))
-    return hits / len(answered.answers)
-
-
-_SCORE_ROWS = 1024  # rows per matrix product: measured 1.5× faster than 16,384 on mapped pages (fewer TLB misses)
-
-
-def exact_scores_many(project: Project, v: str, queries: np.ndarray, among: np.ndarray, k: int = 10) -> list[list[str]]:
-    """The exact top-k sample_ids of each query (Q, K, v) among the live samples whose row ids `among` marks, in
-    one pass over the stored vectors (a matrix product per slice of rows)."""
-    keys = project.sample_keys()
-    flat_q = queries.reshape(len(queries), -1).astype(np.float32).T
-    scores_parts: list[np.ndarray] = []  # each slice's candidates: scores (n, Q) and sample_ids (n,)
-    id_parts: list[pa.Array] = []
-    for block in iter_blocks(project, v, keep=False):
-        rows = keys.lookup(block.keys)
-        ok = (rows >= 0) if block.alive is None else (rows >= 0) & block.alive
-        ok[ok] = among[rows[ok]]
-        at = np.flatnonzero(ok)
-        flat = block.vecs.reshape(len(block.vecs), -1)
-        for lo in range(0, len(at), _SCORE_ROWS):
-            part = at[lo : lo + _SCORE_ROWS]
-            run = part[-1] - part[0] == len(part) - 1  # a run of rows: the mapped pages in place, no gather copy
-            rows_q = flat[part[0] : part[-1] + 1] if run else flat[part]
-            scores = np.asarray(rows_q, dtype=np.float32) @ flat_q
-            pick = np.unique(np.argpartition(-scores, min(k, len(part)) - 1, axis=0)[:k])
-            scores_parts.append(scores[pick])
-            id_parts.append(block.keys.take(pa.array(part[pick])))
-    if not scores_parts:
-        return [[] for _ in queries]
-    scores = np.concatenate(scores_parts)
-    ids = pa.concat_arrays(id_parts)
-    return [ids.take(pa.array(np.argsort(-scores[:, q], kind="stable")[:k])).to_pylist() for q in range(len(queries))]
+def stored_queries(project: Project, idx: LoadedIndex, ids: list[str]) -> tuple[list[str], np.ndarray]:
+    """The stored self-test queries still live and held by `idx`, with their vectors read from the grads files."""
+    rows = project.sample_keys().lookup(pa.array(ids, pa.string()))
+    pos_of = _refresh(project, idx).pos_of
+    assert pos_of is not None
+    ok = (rows >= 0) & (rows < len(pos_of))
+    ok[ok] = pos_of[rows[ok]] >= 0
+    if not ok.any():
+        return [], np.zeros(0, np.float32)
+    if idx.rows is None:
+        idx.rows = RowSource.of(project, str(idx.meta["v"]))
+    return [i for i, keep in zip(ids, ok, strict=True) if keep], idx.rows.vectors(rows[ok])

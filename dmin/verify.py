@@ -27,7 +27,8 @@ import pyarrow.parquet as pq
 
 from dmin.errors import DminError
 from dmin.findings import Finding, Findings
-from dmin.index import SelfTest, current_index, self_test_answers, verify_indexes
+from dmin.index import current_index
+from dmin.index_check import SelfTest, self_test_answers, verify_indexes
 from dmin.precondition import check_preconditioners
 from dmin.store import paths
 from dmin.store.atomic import file_checksum

@@ -11,8 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dmin import index_check
+from dmin.compact import compact
 from dmin.errors import IndexStale, IntegrityError, UsageError
-from dmin.index import IndexParams, build_index, current_index, knn
+from dmin.forget import forget, select
+from dmin.index import IndexParams, build_index, current_index, knn, stored_queries
+from dmin.index_check import exact_scores_many
 from dmin.score import exact_scores
 from dmin.store import Project
 from dmin.store.tables import SampleBatch
@@ -124,6 +128,73 @@ def test_stale_index_incremental_equals_rebuilt(tmp_path: Path) -> None:
         assert knn(p, inc, q, 5)[0] == knn(p, full, q, 5)[0]
     report = verify(p.root, deep=True)
     assert report.healthy and report.checked["index_self_test"] == 1  # the graph answered the self-test
+
+
+def _self_test_exact(p: Project) -> tuple[list[list[str]], list[list[str]]]:
+    """The self-test's stored answers of the current v=1024 build, and the same found by a scan of the vectors."""
+    idx = current_index(p, "1024")
+    assert idx is not None
+    stored = idx.meta["self_test"]
+    ids, vecs = stored_queries(p, idx, stored["queries"])
+    held = np.zeros(p.next_row_id(), bool)
+    held[idx.labels] = True
+    scanned = exact_scores_many(p, "1024", vecs, held, k=stored["depth"])
+    by_id = dict(zip(stored["queries"], stored["exact"], strict=True))
+    return [by_id[i] for i in ids], scanned
+
+
+def test_builds_keep_the_self_tests_exact_answers_so_deep_verify_scans_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p, _ = clustered_project(tmp_path / "a", n=1000)
+    build_index(p, "1024", IndexParams())
+    stored, scanned = _self_test_exact(p)
+    assert len(stored) == 20 and stored == scanned  # a fresh build: its first 20 rows' exact top-40
+    extra = clustered_project(tmp_path / "b", n=1300)[0]  # 300 more samples, committed as an incremental build adds
+    t = extra.read_table("grads", v="1024", columns=["sample_id", "vec"])
+    assert t is not None
+    vecs = t.column("vec").combine_chunks().values.to_numpy().reshape(-1, 2, 1024)[1000:]
+    ids = [f"s{i:05d}" for i in range(1000, 1300)]
+    p.commit_samples(
+        SampleBatch(ids, ids, [None] * 300, [0] * 300, {}, p.identity.timesteps, {"1024": vecs},
+                    np.ones((300, 2)), np.ones((300, 2)))
+    )
+    assert build_index(p, "1024", IndexParams())[1]["added"] == 300
+    stored_after, scanned = _self_test_exact(p)
+    assert stored_after == scanned and stored_after != stored  # the new rows ranked into the carried answers
+    # forget 5 of the first query's answers and compact (the graph erases them): the stored lists, less those,
+    # are still the exact top-10, so deep verify's self-test needs no scan
+    assert stored_after[0][0] == "s00000"  # each query's best answer is itself: forget the next five
+    gone = ", ".join(f"'{s}'" for s in stored_after[0][1:6])
+    forget(p, select(p, where=f"sample_id IN ({gone})"))
+    compact(p)
+
+    def no_scan(*args: object, **kwargs: object) -> None:
+        raise AssertionError("deep verify scanned the vectors for answers the build stored")
+
+    monkeypatch.setattr(index_check, "exact_scores_many", no_scan)
+    report = verify(p.root, deep=True)
+    assert report.healthy and report.checked["index_self_test"] == 1
+    monkeypatch.undo()
+    idx = current_index(p, "1024")
+    assert idx is not None
+    answered = index_check.self_test_answers(p, idx)
+    assert answered is not None and not set(stored_after[0][1:6]) & {s for a in answered.answers for s in a}
+    # forgetting 35 of one query's 40 leaves its top-10 unknown (erased from the stored list by compact, which must
+    # not read as a list that held every sample): that query alone is scored by a scan
+    gone = ", ".join(f"'{s}'" for s in stored_after[1][5:40])
+    forget(p, select(p, where=f"sample_id IN ({gone})"))
+    compact(p)
+    left = current_index(p, "1024")
+    assert left is not None and left.meta["self_test"]["queries"][1] == "s00001"
+    assert len(left.meta["self_test"]["exact"][1]) == 5
+    scans: list[int] = []
+    real = index_check.exact_scores_many
+    monkeypatch.setattr(
+        index_check, "exact_scores_many", lambda p, v, q, among, k: scans.append(len(q)) or real(p, v, q, among, k)
+    )
+    report = verify(p.root, deep=True)
+    assert report.healthy and scans == [1]
 
 
 def test_verify_catches_damaged_index(tmp_path: Path) -> None:
