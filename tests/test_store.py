@@ -15,13 +15,14 @@ import pyarrow as pa
 import pytest
 import torch
 
-from dmin.compressor import fold
+from dmin.compressor import Compressor, fold
 from dmin.derive import derive_v
 from dmin.errors import DminWarning, IdentityMismatch, ProjectError, SchemaVersionError
 from dmin.score import exact_scores
 from dmin.store import Project
 from dmin.store.catalog import connect
 from dmin.store.schema import all_schemas
+from dmin.store.tables import SampleBatch
 from dmin.verify import verify
 from tests.conftest import add_samples, make_identity
 
@@ -293,3 +294,35 @@ def test_writer_killed_mid_write_leaves_a_clean_database(small_project: Project)
         after = Project.open(small_project.root).sample_ids()
         assert before <= after
         before = set(after)
+
+
+def _derived_project(root: Path, vs: tuple[str, str], tamper: bool) -> Project:
+    """20 samples stored at two v's, the smaller derived from the larger (one row off by 0.1 when `tamper`)."""
+    ident = make_identity(collect_vs=vs)
+    p = Project.create(root, ident)
+    big, small = vs
+    rng = np.random.default_rng(3)
+    dim = ident.n if big == "full" else int(big)
+    rows = rng.standard_normal((20, ident.K, dim)).astype(np.float32)
+    if big == "full":
+        rows /= np.linalg.norm(rows, axis=2, keepdims=True)
+        flat = torch.from_numpy(rows.reshape(-1, dim))
+        derived = Compressor(ident.n, ident.compress_seed).compress(flat, int(small)).numpy().reshape(20, ident.K, -1)
+    else:
+        derived = fold(torch.from_numpy(rows), int(small)).numpy()
+    if tamper:
+        derived[0, 0, 0] += 0.1
+    ids = [f"id{i:05d}" for i in range(20)]
+    p.commit_samples(
+        SampleBatch(ids, ids, [None] * 20, [0] * 20, {}, ident.timesteps, {big: rows, small: derived},
+                    np.ones((20, ident.K)), np.ones((20, ident.K)))
+    )
+    return p
+
+
+@pytest.mark.parametrize("vs", [("256", "64"), ("full", "64")])
+def test_deep_verify_finds_a_derived_v_that_is_not_the_fold_of_its_parent(tmp_path: Path, vs: tuple[str, str]) -> None:
+    good = verify(_derived_project(tmp_path / "good", vs, tamper=False).root, deep=True)
+    assert good.healthy and good.checked["fold_checks"] > 0
+    bad = verify(_derived_project(tmp_path / "bad", vs, tamper=True).root, deep=True)
+    assert [f.check for f in bad.findings if f.severity == "defect"] == ["fold"]
