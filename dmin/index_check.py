@@ -97,9 +97,8 @@ def self_test_answers(project: Project, idx: LoadedIndex, k: int = SELF_TEST_K) 
     top-k for each (None when there is none). `verify --deep` runs it in a process of its own while it reads the
     files: loading a million-sample graph holds the GIL for seconds."""
     stored = idx.meta.get("self_test")
-    if stored:
-        ids, qs = stored_queries(project, idx, stored["queries"])
-    else:
+    ids, qs = stored_queries(project, idx, stored["queries"]) if stored else ([], np.zeros(0, np.float32))
+    if not ids:  # no stored queries, or every one forgotten since: the first live rows, scored by a scan
         picked: list[tuple[str, np.ndarray]] = []
         for block in iter_blocks(project, str(idx.meta["v"]), keep=False):
             for i in block.live_rows()[: max(0, SELF_TEST_QUERIES - len(picked))]:

@@ -195,6 +195,13 @@ def test_builds_keep_the_self_tests_exact_answers_so_deep_verify_scans_nothing(
     )
     report = verify(p.root, deep=True)
     assert report.healthy and scans == [1]
+    # every stored query forgotten: the self-test still runs, on the first live rows
+    queries = current_index(p, "1024").meta["self_test"]["queries"]  # type: ignore[union-attr]
+    forget(p, select(p, where="sample_id IN ({})".format(", ".join(f"'{q}'" for q in queries))))
+    idx = current_index(p, "1024")
+    assert idx is not None
+    answered = index_check.self_test_answers(p, idx)
+    assert answered is not None and len(answered.ids) == 20 and not set(answered.ids) & set(queries)
 
 
 def test_verify_catches_damaged_index(tmp_path: Path) -> None:
