@@ -14,7 +14,8 @@ FLOORS = {  # module (dotted, below dmin) → floor; a package name covers its m
     "kernels": 1, "models": 1, "data": 1, "batching": 1, "per_example": 1, "topk": 1,
     "compressor": 2, "store": 2,
     "vs": 3, "gradients": 3,
-    "score": 4, "index": 4, "index_check": 4, "precondition": 4, "derive": 4, "forget": 4, "merge": 4, "relocate": 4, "sql": 4,
+    "score": 4, "index": 4, "index_check": 4, "precondition": 4, "derive": 4, "forget": 4, "merge": 4,
+    "relocate": 4, "sql": 4,
     "collect": 5, "query": 5, "compact": 5, "verify": 5, "info": 5,
     "sheet": 6, "demo": 6,
     "": 7,  # the package root: the public API
