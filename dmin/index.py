@@ -579,13 +579,19 @@ def without(stored: dict[str, Any], gone: set[str]) -> dict[str, Any]:
     return out
 
 
-def stored_queries(project: Project, idx: LoadedIndex, ids: list[str]) -> tuple[list[str], np.ndarray]:
-    """The stored self-test queries still live and held by `idx`, with their vectors read from the grads files."""
+def held_live(project: Project, idx: LoadedIndex, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(row ids, mask): which of these sample_ids are live samples that `idx` holds (-1 rows: not live)."""
     rows = project.sample_keys().lookup(pa.array(ids, pa.string()))
     pos_of = _refresh(project, idx).pos_of
     assert pos_of is not None
     ok = (rows >= 0) & (rows < len(pos_of))
     ok[ok] = pos_of[rows[ok]] >= 0
+    return rows, ok
+
+
+def stored_queries(project: Project, idx: LoadedIndex, ids: list[str]) -> tuple[list[str], np.ndarray]:
+    """The stored self-test queries still live and held by `idx`, with their vectors read from the grads files."""
+    rows, ok = held_live(project, idx, ids)
     if not ok.any():
         return [], np.zeros(0, np.float32)
     if idx.rows is None:

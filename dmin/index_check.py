@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow as pa
 
 from dmin.errors import IntegrityError
 from dmin.findings import Findings
@@ -21,6 +20,7 @@ from dmin.index import (
     SELF_TEST_QUERIES,
     LoadedIndex,
     current_index,
+    held_live,
     knn,
     labels_ok,
     stale_count,
@@ -128,7 +128,7 @@ def self_test_recall(
     stored = idx.meta.get("self_test") or {}
     at = {sid: q for q, sid in enumerate(stored.get("queries", ()))}
     want = [
-        _still_exact(project, stored["exact"][at[i]], bool(stored["whole"][at[i]]), held, k) if i in at else None
+        _still_exact(project, idx, stored["exact"][at[i]], bool(stored["whole"][at[i]]), k) if i in at else None
         for i in answered.ids
     ]
     scan = [q for q, w in enumerate(want) if w is None]
@@ -142,12 +142,10 @@ def self_test_recall(
     return hits / len(answered.answers)
 
 
-def _still_exact(project: Project, ranked: list[str], whole: bool, held: np.ndarray, k: int) -> list[str] | None:
+def _still_exact(project: Project, idx: LoadedIndex, ranked: list[str], whole: bool, k: int) -> list[str] | None:
     """A stored exact ranking less the samples forgotten or erased since; None when that leaves the top-k unknown
     (fewer than k left of a ranking that did not hold every sample)."""
-    rows = project.sample_keys().lookup(pa.array(ranked, pa.string()))
-    ok = (rows >= 0) & (rows < len(held))
-    ok[ok] = held[rows[ok]]
+    _, ok = held_live(project, idx, ranked)
     kept = [sid for sid, keep in zip(ranked, ok, strict=True) if keep]
     return kept[:k] if len(kept) >= k or whole else None
 
