@@ -37,7 +37,7 @@ from dmin.store.builds import commit_build
 from dmin.store.manifest import Entry, FileRef
 from dmin.store.project import Project
 from dmin.store.tables import labels_table
-from dmin.store.vectors import VectorBlock, iter_blocks
+from dmin.store.vectors import VectorBlock, iter_blocks, prefetch_rows
 from dmin.topk import TopK
 from dmin.vs import resolve_v
 
@@ -341,6 +341,8 @@ class RowSource:
         from dmin.kernels.dot import timestep_dots, timestep_dots_rows  # numba: loaded when a search needs it
         out = np.empty((len(row_ids), query.shape[0]), dtype=np.float64)
         where = self.block_of[row_ids]
+        for b in np.unique(where):  # every file's reads asked for first, so a cold disk serves them together
+            prefetch_rows(self.blocks[int(b)].vecs, self.row_in[row_ids[where == b]])
         for b in np.unique(where):
             at = np.flatnonzero(where == b)
             vecs = self.blocks[int(b)].vecs

@@ -6,6 +6,7 @@ reshapes to (rows / K, K, v) without sorting.
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -36,6 +37,25 @@ class VectorBlock:
     def live_rows(self) -> np.ndarray:
         """Indices of the rows of samples not forgotten."""
         return np.arange(len(self.keys)) if self.alive is None else np.flatnonzero(self.alive)
+
+
+def prefetch_rows(vecs: np.ndarray, rows: np.ndarray) -> None:
+    """Ask the kernel to read these rows of a mapped (N, K, dim) view now, all at once (MADV_WILLNEED). On a cold
+    cache a re-rank's few hundred scattered rows otherwise fault in one after another, a disk round trip each
+    (11 s for the self-test's 20 queries at 10^6 samples); asked together, the disk serves them side by side.
+    A view of no mapping (a decoded copy) is left alone."""
+    owner: object = vecs
+    while isinstance(owner, np.ndarray):
+        owner = owner.base
+    if isinstance(owner, memoryview):
+        owner = owner.obj
+    if not isinstance(owner, mmap.mmap) or not len(rows) or not vecs.flags.c_contiguous:
+        return
+    start = np.frombuffer(owner, np.uint8, count=1).ctypes.data
+    page, size = mmap.PAGESIZE, vecs.strides[0]
+    first = vecs.ctypes.data - start + np.unique(rows).astype(np.int64) * size
+    for lo, hi in zip(first // page * page, first + size, strict=True):
+        owner.madvise(mmap.MADV_WILLNEED, int(lo), int(hi - lo))
 
 
 def vec_values(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
