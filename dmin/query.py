@@ -216,7 +216,7 @@ def attribute(
     else:
         scores = exact_scores(project, v, q)
         top = scores.top(k)
-        ids, totals, per_t = scores.ids_at(top), scores.total[top], scores.per_t[top]
+        ids, totals, per_t = scores.ids_at(top), scores.total[top], scores.per_t_at(top)
     if pre is not None:
         use += "+pre"
     meta = _sample_meta(project, ids)

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dmin.kernels.dot import timestep_dots
+from dmin.kernels.dot import count_nonfinite_rows, timestep_dots
 from dmin.store.atomic import write_parquet_atomic
 from dmin.store.pages import plain_values
 from dmin.store.schema import vec_type
@@ -184,3 +184,21 @@ def test_verify_scans_a_file_of_several_row_groups_in_place(tmp_path: Path, monk
     found = Findings(True)
     check_vectors(make_identity(), ref, path, found)
     assert [(f.check, f.message) for f in found.findings] == [("finite", "1 vector(s) hold NaN or infinity")]
+
+
+def test_nonfinite_rows_are_counted_in_float32_float16_and_unaligned_views() -> None:
+    """`verify --deep`'s vector scan judges the exponent bits: NaN, +inf and -inf anywhere in a row count once,
+    the largest finite value does not; float16 vectors (which numba cannot load as floats) and unaligned mapped
+    views are read the same way."""
+    x = np.random.default_rng(0).standard_normal((100, 33)).astype(np.float32)
+    x[60, 1] = np.finfo(np.float32).max
+    assert count_nonfinite_rows(x) == 0
+    x[3, 0], x[3, 5], x[50, 32], x[99, 7] = np.nan, np.inf, -np.inf, np.inf
+    assert count_nonfinite_rows(x) == 3
+    unaligned = np.frombuffer(b"\0" + x.tobytes(), np.float32, offset=1).reshape(100, 33)
+    assert not unaligned.flags.aligned and count_nonfinite_rows(unaligned) == 3
+    with np.errstate(over="ignore"):
+        half = x.astype(np.float16)  # x[60, 1] overflows to inf in float16
+    assert count_nonfinite_rows(half) == 4
+    half[60, 1] = np.finfo(np.float16).max
+    assert count_nonfinite_rows(half) == 3

@@ -22,7 +22,7 @@ from dmin.store import Project
 from dmin.store.tables import SampleBatch
 from dmin.verify import verify
 from tests import tiny
-from tests.conftest import make_identity
+from tests.conftest import add_samples, make_identity
 
 DMIN = [sys.executable, "-m", "dmin_cli"]
 
@@ -87,6 +87,31 @@ def test_exact_scores_equal_numpy(clustered: tuple[Project, np.ndarray]) -> None
     np.testing.assert_allclose(
         ex.per_t, np.einsum("nkd,kd->nk", vec, queries[0].astype(np.float64)), rtol=1e-4, atol=1e-5
     )
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_exact_totals_and_per_timestep_terms_of_any_rows_with_forgotten_samples(tmp_path: Path, dtype: str) -> None:
+    """A scan writes one total per sample; the per-timestep terms of the rows asked for (a query's top-k) are read
+    again, from whichever file and row holds them, skipping forgotten samples, for float32 and float16 storage."""
+    from dmin.forget import forget, select
+
+    p = Project.create(tmp_path / "p", make_identity(dtype=dtype))
+    for start in (0, 30, 70):  # three files
+        add_samples(p, start, 30 if start < 70 else 5, seed=start)
+    for source in ("img4.png", "img31.png", "img72.png"):  # one in each file
+        forget(p, select(p, source=source))
+    t = p.read_table("grads", "256")
+    assert t is not None
+    ids = t.column("sample_id").to_pylist()[::2]
+    vec = t.column("vec").combine_chunks().values.to_numpy().reshape(-1, 2, 256).astype(np.float64)
+    q = np.random.default_rng(9).standard_normal((2, 256)).astype(np.float32)
+    want = dict(zip(ids, np.einsum("nkd,kd->nk", vec, q.astype(np.float64)), strict=True))
+    ex = exact_scores(p, "256", q)
+    assert set(ex.ids) == set(ids) and len(ex.ids) == 62 and not {"id00004", "id00031", "id00072"} & set(ex.ids)
+    np.testing.assert_allclose(ex.total, [want[s].sum() for s in ex.ids], rtol=1e-5, atol=1e-4)
+    pick = np.array([61, 0, 29, 30, 57, 27])  # every file, out of order
+    np.testing.assert_allclose(ex.per_t_at(pick), [want[ex.ids[i]] for i in pick], rtol=1e-5, atol=1e-4)
+    assert [ex.ids[i] for i in ex.top(3)] == sorted(want, key=lambda s: -want[s].sum())[:3]
 
 
 def test_stale_index_incremental_equals_rebuilt(tmp_path: Path) -> None:

@@ -205,6 +205,22 @@ def test_verify_duplicate_rows_nan_and_schema(small_project: Project) -> None:
     assert "schema" in {c for c, _ in _defects(small_project.root)}
 
 
+def test_deep_verify_scans_float16_vectors(tmp_path: Path) -> None:
+    """A project storing float16 vectors verifies healthy, deep, and a NaN among them is found (the scan once
+    failed on every float16 file: numba cannot load float16 values)."""
+    from dmin.store.tables import grads_table
+
+    project = Project.create(tmp_path / "p", make_identity(dtype="float16"))
+    add_samples(project, 0, 20)
+    report = verify(project.root, deep=True)
+    assert report.healthy and report.checked["vectors"] == 20 * project.identity.K
+    nan = np.zeros((1, project.identity.K, 256), np.float32)
+    nan[0, 1, 7] = np.nan
+    row = grads_table("sample_id", ["zzz"], (10.0, 500.0), nan, np.ones((1, 2)), np.ones((1, 2)), "float16")
+    project.commit("samples", [("grads", "256", "grads/v=256", row)])
+    assert "finite" in {c for c, _ in _defects(project.root, deep=True)}
+
+
 def test_deep_verify_checks_the_manifest_itself_when_no_worker_process_starts(
     small_project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
