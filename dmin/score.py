@@ -3,9 +3,8 @@
 Stored vectors are numpy views of the memory-mapped Parquet pages (`store.pages`; vector columns are stored
 uncompressed and PLAIN) and are multiplied by the query in one pass (`kernels.dot`); the per-timestep breakdown is
 read again for the rows that need it (a query's top-k). A Project kept open keeps its mappings, so later queries run
-at memory speed. DuckDB keeps the SQL side
-(metadata joins, aggregation over `results`); `sql_exact_scores` gives the same numbers through SQL, which the
-tests hold equal.
+at memory speed. DuckDB keeps the SQL side (metadata joins, aggregation over `results`); `sql_exact_scores` gives
+the same numbers through SQL, which the tests hold equal.
 """
 
 from __future__ import annotations

@@ -202,3 +202,41 @@ def test_nonfinite_rows_are_counted_in_float32_float16_and_unaligned_views() -> 
     assert count_nonfinite_rows(half) == 4
     half[60, 1] = np.finfo(np.float16).max
     assert count_nonfinite_rows(half) == 3
+
+
+def test_prefetch_asks_for_the_pages_of_exactly_the_rows_wanted(tmp_path: Path) -> None:
+    """A kNN re-rank asks the kernel for its candidates' rows at once (MADV_WILLNEED): one page-aligned range per
+    row that covers the row's bytes, nothing for a decoded copy or no rows."""
+    import mmap
+
+    from dmin.store.vectors import prefetch_rows
+
+    table, _ = vec_table(4000, 24)  # 2000 samples of K = 2 rows: 192 bytes a sample
+    path = tmp_path / "a.parquet"
+    write_parquet_atomic(path, table)
+    calls: list[tuple[int, int, int]] = []
+
+    class Recording(mmap.mmap):
+        def madvise(self, option: int, start: int = 0, length: int = -1) -> None:
+            calls.append((option, start, length))
+            super().madvise(option, start, length)
+
+    view = read_blocks(path, "sample_id", 2)[0].vecs
+    owner = view.base
+    while isinstance(owner, np.ndarray):
+        owner = owner.base
+    owner = owner.obj if isinstance(owner, memoryview) else owner
+    offset = view.ctypes.data - np.frombuffer(owner, np.uint8, count=1).ctypes.data  # the values' place in the file
+    with open(path, "rb") as f:
+        mm = Recording(f.fileno(), 0, prot=mmap.PROT_READ)
+    vecs = np.frombuffer(mm, np.float32, count=2000 * 2 * 24, offset=offset).reshape(2000, 2, 24)
+    prefetch_rows(vecs, np.array([1999, 0, 7, 7]))
+    assert len(calls) == 3  # each row once
+    for (option, start, length), row in zip(calls, (0, 7, 1999), strict=True):
+        first, last = offset + row * 192, offset + (row + 1) * 192
+        assert option == mmap.MADV_WILLNEED and start % mmap.PAGESIZE == 0
+        assert start <= first and start + length >= last and length < 192 + mmap.PAGESIZE
+    calls.clear()
+    prefetch_rows(np.array(vecs), np.array([3]))  # a decoded copy: nothing to ask the disk for
+    prefetch_rows(vecs, np.array([], dtype=np.int64))
+    assert calls == []

@@ -49,13 +49,17 @@ def prefetch_rows(vecs: np.ndarray, rows: np.ndarray) -> None:
         owner = owner.base
     if isinstance(owner, memoryview):
         owner = owner.obj
-    if not isinstance(owner, mmap.mmap) or not len(rows) or not vecs.flags.c_contiguous:
+    advice = getattr(mmap, "MADV_WILLNEED", None)  # absent where the platform has no madvise
+    if advice is None or not isinstance(owner, mmap.mmap) or not len(rows) or not vecs.flags.c_contiguous:
         return
     start = np.frombuffer(owner, np.uint8, count=1).ctypes.data
     page, size = mmap.PAGESIZE, vecs.strides[0]
     first = vecs.ctypes.data - start + np.unique(rows).astype(np.int64) * size
-    for lo, hi in zip(first // page * page, first + size, strict=True):
-        owner.madvise(mmap.MADV_WILLNEED, int(lo), int(hi - lo))
+    try:
+        for lo, hi in zip(first // page * page, first + size, strict=True):
+            owner.madvise(advice, int(lo), int(hi - lo))
+    except OSError:  # advice only: a kernel that refuses it costs speed, never a result
+        return
 
 
 def vec_values(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
