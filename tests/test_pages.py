@@ -209,7 +209,7 @@ def test_prefetch_asks_for_the_pages_of_exactly_the_rows_wanted(tmp_path: Path) 
     row that covers the row's bytes, nothing for a decoded copy or no rows."""
     import mmap
 
-    from dmin.store.vectors import prefetch_rows
+    from dmin.store.vectors import mapping_of, prefetch_rows
 
     table, _ = vec_table(4000, 24)  # 2000 samples of K = 2 rows: 192 bytes a sample
     path = tmp_path / "a.parquet"
@@ -222,10 +222,8 @@ def test_prefetch_asks_for_the_pages_of_exactly_the_rows_wanted(tmp_path: Path) 
             super().madvise(option, start, length)
 
     view = read_blocks(path, "sample_id", 2)[0].vecs
-    owner = view.base
-    while isinstance(owner, np.ndarray):
-        owner = owner.base
-    owner = owner.obj if isinstance(owner, memoryview) else owner
+    owner = mapping_of(view)
+    assert owner is not None  # read_blocks hands out views of the mapped file
     offset = view.ctypes.data - np.frombuffer(owner, np.uint8, count=1).ctypes.data  # the values' place in the file
     with open(path, "rb") as f:
         mm = Recording(f.fileno(), 0, prot=mmap.PROT_READ)

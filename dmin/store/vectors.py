@@ -39,18 +39,24 @@ class VectorBlock:
         return np.arange(len(self.keys)) if self.alive is None else np.flatnonzero(self.alive)
 
 
+def mapping_of(arr: np.ndarray) -> mmap.mmap | None:
+    """The file mapping a numpy view reads from (through its chain of bases), or None for memory of its own."""
+    owner: object = arr
+    while isinstance(owner, np.ndarray):
+        owner = owner.base
+    if isinstance(owner, memoryview):
+        owner = owner.obj
+    return owner if isinstance(owner, mmap.mmap) else None
+
+
 def prefetch_rows(vecs: np.ndarray, rows: np.ndarray) -> None:
     """Ask the kernel to read these rows of a mapped (N, K, dim) view now, all at once (MADV_WILLNEED). On a cold
     cache a re-rank's few hundred scattered rows otherwise fault in one after another, a disk round trip each
     (11 s for the self-test's 20 queries at 10^6 samples); asked together, the disk serves them side by side.
     A view of no mapping (a decoded copy) is left alone."""
-    owner: object = vecs
-    while isinstance(owner, np.ndarray):
-        owner = owner.base
-    if isinstance(owner, memoryview):
-        owner = owner.obj
+    owner = mapping_of(vecs)
     advice = getattr(mmap, "MADV_WILLNEED", None)  # absent where the platform has no madvise
-    if advice is None or not isinstance(owner, mmap.mmap) or not len(rows) or not vecs.flags.c_contiguous:
+    if advice is None or owner is None or not len(rows) or not vecs.flags.c_contiguous:
         return
     start = np.frombuffer(owner, np.uint8, count=1).ctypes.data
     page, size = mmap.PAGESIZE, vecs.strides[0]
