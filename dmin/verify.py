@@ -30,12 +30,11 @@ from dmin.findings import Finding, Findings
 from dmin.index import current_index
 from dmin.index_check import SelfTest, self_test_answers, verify_indexes
 from dmin.precondition import check_preconditioners
-from dmin.store import paths
-from dmin.store.atomic import file_checksum
+from dmin.store import direct, paths
 from dmin.store.identity import Identity
 from dmin.store.keys import KeySet
 from dmin.store.manifest import Entry, FileRef, parse_entry, prefetch
-from dmin.store.pages import plain_pieces
+from dmin.store.pages import plain_pieces, value_spans
 from dmin.store.project import Project
 from dmin.store.schema import SAMPLES_BASE, fixed_schema, grads_schema
 from dmin.store.state import State, checkpoint_name
@@ -531,9 +530,10 @@ def check_file(project: Project, ref: FileRef, deep: bool) -> Findings:
     if size != ref.bytes:
         found.defect("size", ref.path, f"{size} bytes, the manifest says {ref.bytes} (truncated or rewritten)")
         return found
+    scan = NonfiniteScan.of(ref, path) if deep else None
     if deep:
         found.checked["checksums"] += 1
-        if file_checksum(path) != ref.xxh3:
+        if direct.checksum(path, scan) != ref.xxh3:  # one read, past the page cache, serves the vector scan too
             found.defect("checksum", ref.path, "xxh3 checksum differs from the manifest (bytes changed)")
             return found
         project.vouch(ref)
@@ -553,15 +553,80 @@ def check_file(project: Project, ref: FileRef, deep: bool) -> Findings:
         return found
     found.checked["schemas"] += 1
     if deep and ref.table in ("grads", "query_grads"):
-        check_vectors(project.identity, ref, path, found)
+        check_vectors(project.identity, ref, path, found, scan if scan is not None and scan.clean else None)
     return found
 
 
-def check_vectors(ident: Identity, ref: FileRef, path: Path, found: Findings) -> None:
-    """(deep) Every vector finite (read in place from the mapped pages), norms and losses finite, v=full rows of
-    unit length."""
+class NonfiniteScan:
+    """(deep) The vector pages of a file judged as its blocks stream past `direct.checksum`: the one read that hashes
+    a file also finds whether any value is NaN or infinite. A value split by a block's end is kept aside and judged
+    when its rest arrives. Only whether the file is clean counts: a file that is not is scanned again row by row
+    (`check_vectors`), which names how many vectors are bad."""
+
+    def __init__(self, spans: list[tuple[int, int]], dtype: np.dtype, rows: int) -> None:
+        self.spans, self.dtype, self.rows = sorted(spans), dtype, rows
+        self.bad = 0
+        self.carry = b""  # the first bytes of a value that the last block's end split
+        self.seen = 0  # values judged
+
+    @classmethod
+    def of(cls, ref: FileRef, path: Path) -> NonfiniteScan | None:
+        """A scan for a vector file whose pages it can place; None for v=full (its rows' norms are checked too, from
+        the mapped rows) and for any other file."""
+        if ref.table not in ("grads", "query_grads") or ref.v == "full" or not path.is_file():
+            return None
+        found = value_spans(path, "vec")
+        if found is None:
+            return None
+        spans, dtype, dim = found
+        return cls(spans, dtype, sum(n for _, n in spans) // max(1, dim))
+
+    @property
+    def clean(self) -> bool:
+        """Every value of every page seen, none of them NaN or infinite."""
+        return not self.bad and self.seen == sum(n for _, n in self.spans)
+
+    def __call__(self, offset: int, block: memoryview) -> None:
+        size, end = self.dtype.itemsize, offset + len(block)
+        for start, n in self.spans:
+            lo, hi = max(start, offset), min(start + n * size, end)
+            if lo >= hi:
+                continue
+            first = min(hi, lo + (start - lo) % size)  # the first value that begins in this block
+            if first > lo:  # the rest of a value the previous block's end split
+                self.judge(np.frombuffer(self.carry + bytes(block[lo - offset : first - offset]), self.dtype))
+            whole = (hi - first) // size
+            self.judge(np.frombuffer(block, self.dtype, count=whole, offset=first - offset))
+            tail = first + whole * size
+            self.carry = bytes(block[tail - offset : hi - offset])
+
+    def judge(self, values: np.ndarray) -> None:
+        from dmin.kernels.dot import count_nonfinite_rows  # numba: only a deep check loads it
+
+        self.seen += len(values)
+        width = 1024 if len(values) >= 1024 else max(1, len(values))
+        rows = len(values) // width
+        self.bad += count_nonfinite_rows(values[: rows * width].reshape(rows, width))
+        if len(values) > rows * width:
+            self.bad += count_nonfinite_rows(values[rows * width :].reshape(1, -1))
+
+
+def check_vectors(
+    ident: Identity, ref: FileRef, path: Path, found: Findings, scanned: NonfiniteScan | None = None
+) -> None:
+    """(deep) Every vector finite (judged while the file was hashed, `scanned`, or read in place from the mapped
+    pages), norms and losses finite, v=full rows of unit length."""
     from dmin.kernels.dot import count_nonfinite_rows  # numba: only a deep check loads it
 
+    if scanned is not None:  # every value already judged finite
+        try:
+            table = pq.read_table(path, columns=["norm", "loss"])
+        except (OSError, pa.ArrowException) as exc:
+            found.defect("parquet", ref.path, f"unreadable Parquet: {exc}")
+            return
+        found.checked["vectors"] += scanned.rows
+        check_columns(ref, table, found)
+        return
     fast = plain_pieces(path, "vec", populate=True)  # each row group's values in place, never joined into a copy
     if fast is not None and not fast[0]:
         fast = None
@@ -579,15 +644,19 @@ def check_vectors(ident: Identity, ref: FileRef, path: Path, found: Findings) ->
     if bad:
         found.defect("finite", ref.path, f"{bad} vector(s) hold NaN or infinity")
         return
-    for col in ("norm", "loss"):
-        values = table.column(col).to_numpy()
-        if not np.isfinite(values).all():
-            found.defect("finite", ref.path, f"column {col} holds NaN or infinity")
+    check_columns(ref, table, found)
     if ref.v == "full" and any(len(part) for part in parts):
         tol = 1e-2 if ident.dtype == "float16" else 1e-4
         worst = max(float(np.abs(np.linalg.norm(part.astype(np.float64), axis=1) - 1).max(initial=0)) for part in parts)
         if worst > tol:
             found.defect("norm", ref.path, f"v=full rows must be unit vectors; the worst norm is off by {worst:.3g}")
+
+
+def check_columns(ref: FileRef, table: pa.Table, found: Findings) -> None:
+    """(deep) A vector file's norms and losses finite."""
+    for col in ("norm", "loss"):
+        if not np.isfinite(table.column(col).to_numpy()).all():
+            found.defect("finite", ref.path, f"column {col} holds NaN or infinity")
 
 
 def _files_under(root: Path, tops: tuple[str, ...] | list[str]) -> set[str]:

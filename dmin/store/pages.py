@@ -128,7 +128,25 @@ def plain_pieces(path: Path, column: str, populate: bool = False) -> tuple[list[
         return None
 
 
+def value_spans(path: Path, column: str) -> tuple[list[tuple[int, int]], np.dtype, int] | None:
+    """Where a fixed_size_list column's values lie in the file: (byte offset, value count) of each data page, the
+    value dtype and the list size; None where the layout is not uncompressed PLAIN. For a reader that streams the
+    file's bytes itself rather than mapping them (`verify --deep` reads past the page cache): only the page headers
+    are read here."""
+    try:
+        _, spans, dtype, dim = _spans(path, column, populate=False)
+    except (_Unsupported, IndexError, KeyError, ValueError, RecursionError):
+        return None
+    return spans, dtype, dim
+
+
 def _plain_pieces(path: Path, column: str, populate: bool) -> tuple[list[np.ndarray], int]:
+    mm, spans, dtype, dim = _spans(path, column, populate)
+    return [np.frombuffer(mm, dtype=dtype, count=n, offset=start) for start, n in spans], dim
+
+
+def _spans(path: Path, column: str, populate: bool) -> tuple[mmap.mmap, list[tuple[int, int]], np.dtype, int]:
+    """(the mapped file, (offset, value count) of each data page, dtype, list size), every assumption checked."""
     pf = pq.ParquetFile(path)
     arrow_type = pf.schema_arrow.field(column).type
     dim = getattr(arrow_type, "list_size", None)
@@ -149,7 +167,7 @@ def _plain_pieces(path: Path, column: str, populate: bool) -> tuple[list[np.ndar
         flags = mmap.MAP_SHARED | (getattr(mmap, "MAP_POPULATE", 0) if populate else 0)
         mm = mmap.mmap(f.fileno(), 0, flags=flags, prot=mmap.PROT_READ)
     buf = memoryview(mm)
-    pieces: list[np.ndarray] = []
+    spans: list[tuple[int, int]] = []
     for rg in range(pf.metadata.num_row_groups):
         meta = pf.metadata.row_group(rg).column(leaf)
         if meta.compression != _UNCOMPRESSED or meta.has_dictionary_page:
@@ -184,12 +202,11 @@ def _plain_pieces(path: Path, column: str, populate: bool) -> tuple[list[np.ndar
                 raise _Unsupported("unexpected page type")
             if body + length - start != n * dtype.itemsize:
                 raise _Unsupported("value bytes do not match the value count (nulls or empty lists)")
-            pieces.append(np.frombuffer(mm, dtype=dtype, count=n, offset=start))
+            spans.append((start, n))
             count += n
             pos = body + length
         if count != meta.num_values or pos != end:  # a damaged header that parsed would shift every value
             raise _Unsupported("pages do not add up to the column chunk")
-    total = sum(p.size for p in pieces)
-    if total != pf.metadata.num_rows * dim:
+    if sum(n for _, n in spans) != pf.metadata.num_rows * dim:
         raise _Unsupported("value count is not rows × list size")
-    return pieces, dim
+    return mm, spans, dtype, dim
