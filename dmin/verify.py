@@ -74,7 +74,7 @@ class _Verifier(Findings):
         self.root = root
         self.progress = progress
         self.seconds: dict[str, float] = {}
-        self.firsts: dict[str, Any] = {}  # (deep) grouped_firsts of each grads file, taken during the file pass
+        self.keys: KeyCheck | None = None  # (deep) fed each grads file's keys during the file pass
 
     def run(self) -> Report:
         start = time.perf_counter()
@@ -272,18 +272,22 @@ class _Verifier(Findings):
     # -- files ------------------------------------------------------------------------------------------------
     def check_files(self, project: Project, refs: list[FileRef]) -> None:
         """Every committed file, two at a time: reading, hashing (xxhash) and the vector scan release the GIL, so
-        one file's checks run while the disk reads the other. Findings keep the manifest's file order."""
+        one file's checks run while the disk reads the other. Findings keep the manifest's file order. (deep) This
+        thread, idle while the disk reads, compares each grads file's keys with the others' as it is done."""
         K = project.identity.K
+        keys = self.keys = KeyCheck(project) if self.deep else None
 
-        def one(ref: FileRef) -> Findings:
+        def one(ref: FileRef) -> tuple[Findings, Any]:
             found = check_file(project, ref, self.deep)
-            if self.deep and ref.table == "grads" and not found.findings:  # read while its pages are cached
-                self.firsts[ref.path] = grouped_firsts(project, ref, K)
-            return found
+            if keys is not None and ref.table == "grads" and not found.findings:
+                return found, grouped_firsts(project, ref, K)
+            return found, None
 
         with ThreadPoolExecutor(2) as pool:
-            for i, found in enumerate(pool.map(one, refs), 1):
+            for i, (ref, (found, firsts)) in enumerate(zip(refs, pool.map(one, refs), strict=True), 1):
                 self.absorb(found)
+                if keys is not None and firsts is not None:
+                    keys.add(ref, firsts)
                 if self.progress:
                     self.progress(i, len(refs))
 
@@ -323,39 +327,14 @@ class _Verifier(Findings):
         return ref.rows - (int(dead.sum()) if dead is not None else 0)
 
     def check_keys(self, project: Project, ident: Identity) -> None:
-        """(deep) Key by key: each grads file's rows come K at a time (t_idx 0..K-1, one sample), no sample has rows
-        in two files, and the samples at each v are exactly the live samples. Each file's own part ran in the file
-        pass, while its pages were cached (`grouped_firsts`); what is left compares files with each other."""
-        K = ident.K
-        live = project.sample_keys()
+        """(deep) Key by key (`KeyCheck`): most files were compared during the file pass; a file it did not read
+        whole (a finding of its own) is read here."""
+        keys = self.keys or KeyCheck(project)
         for v in ident.vs:
-            seen = KeySet()
             for ref in project.live_files("grads", v):
-                firsts = self.firsts.pop(ref.path) if ref.path in self.firsts else grouped_firsts(project, ref, K)
-                if firsts is _UNREADABLE:
-                    continue  # reported by check_file
-                if firsts is None:
-                    self.defect(
-                        "complete", ref.path, f"rows do not come K={K} at a time (t_idx 0..{K - 1} of one sample)"
-                    )
-                    continue
-                again = seen.contains(firsts)
-                if again.any() or len(KeySet.of(firsts)) < len(firsts):
-                    self.defect("duplicates", ref.path, "sample(s) with rows in another file or twice in this one")
-                seen.add(firsts)
-                missing_live = ~live.contains(firsts)
-                if missing_live.any():
-                    self.defect(
-                        "complete",
-                        ref.path,
-                        f"{int(missing_live.sum())} gradient sample_id(s) are not in samples "
-                        f"(e.g. {firsts[int(np.flatnonzero(missing_live)[0])].as_py()})",
-                    )
-            if len(seen) < len(live):
-                self.defect(
-                    "complete", paths.grads_dir(v), f"{len(live) - len(seen)} live sample(s) have no rows at v={v}"
-                )
-            self.checked["key_checks"] += 1
+                if ref.path not in keys.fed:
+                    keys.add(ref, grouped_firsts(project, ref, ident.K))
+        keys.report(self)
 
     def check_forgotten(self, project: Project) -> None:
         """A warning while forgotten samples' bytes are still on disk: rows in live files, or superseded files not
@@ -495,6 +474,53 @@ def _index_apart(root: str) -> dict[str, SelfTest]:
     return out
 
 
+class KeyCheck:
+    """(deep) Each stored v's grads files, key by key: rows come K at a time (t_idx 0..K-1 of one sample), no sample
+    has rows in two files, and the samples are exactly the live samples. Fed one file at a time (`add`), so the
+    file pass compares keys while the disk reads; what it finds waits for `report`, so the report's order does not
+    depend on which file finished first."""
+
+    def __init__(self, project: Project) -> None:
+        self.project = project
+        self.live: KeySet | None = None  # the live samples, read at the first file
+        self.seen: dict[str, KeySet] = {v: KeySet() for v in project.identity.vs}
+        self.fed: set[str] = set()
+        self.found: list[tuple[str, str, str]] = []  # (check, path, message)
+
+    def add(self, ref: FileRef, firsts: Any) -> None:
+        """One grads file's `grouped_firsts`."""
+        self.fed.add(ref.path)
+        K = self.project.identity.K
+        if firsts is _UNREADABLE or ref.v not in self.seen:
+            return  # reported by check_file
+        if firsts is None:
+            message = f"rows do not come K={K} at a time (t_idx 0..{K - 1} of one sample)"
+            self.found.append(("complete", ref.path, message))
+            return
+        if self.live is None:
+            self.live = self.project.sample_keys()
+        seen = self.seen[ref.v]
+        if seen.contains(firsts).any() or len(KeySet.of(firsts)) < len(firsts):
+            self.found.append(("duplicates", ref.path, "sample(s) with rows in another file or twice in this one"))
+        seen.add(firsts)
+        missing_live = ~self.live.contains(firsts)
+        if missing_live.any():
+            example = firsts[int(np.flatnonzero(missing_live)[0])].as_py()
+            message = f"{int(missing_live.sum())} gradient sample_id(s) are not in samples (e.g. {example})"
+            self.found.append(("complete", ref.path, message))
+
+    def report(self, found: Findings) -> None:
+        """What the files fed showed, then the live samples each v lacks."""
+        live = self.live if self.live is not None else self.project.sample_keys()
+        for check, path, message in self.found:
+            found.defect(check, path, message)
+        for v, seen in self.seen.items():
+            if len(seen) < len(live):
+                message = f"{len(live) - len(seen)} live sample(s) have no rows at v={v}"
+                found.defect("complete", paths.grads_dir(v), message)
+            found.checked["key_checks"] += 1
+
+
 _UNREADABLE: Any = object()  # grouped_firsts of a file that cannot be read (check_file reports why)
 
 
@@ -533,7 +559,9 @@ def check_file(project: Project, ref: FileRef, deep: bool) -> Findings:
     scan = NonfiniteScan.of(ref, path) if deep else None
     if deep:
         found.checked["checksums"] += 1
-        if direct.checksum(path, scan) != ref.xxh3:  # one read, past the page cache, serves the vector scan too
+        # One read serves the vector scan too, past the page cache: but the index self-test loads the graph through
+        # the cache at the same time, and read past it here, the graph came off the disk twice.
+        if direct.checksum(path, scan, past_cache=ref.table != "index") != ref.xxh3:
             found.defect("checksum", ref.path, "xxh3 checksum differs from the manifest (bytes changed)")
             return found
         project.vouch(ref)

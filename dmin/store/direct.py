@@ -21,11 +21,12 @@ BLOCK = 1 << 24  # 16 MiB: large requests keep a virtual disk busy; two readers 
 DIRECT_FROM = 1 << 23  # smaller files read through the cache: one O_DIRECT request each would wait on the disk alone
 
 
-def stream(path: Path) -> Iterator[tuple[int, memoryview]]:
-    """(offset, bytes) of consecutive blocks of a file, past the page cache where the file is large enough and the
-    filesystem allows. Each view is valid only until the next one is asked for (one buffer is reused)."""
+def stream(path: Path, past_cache: bool = True) -> Iterator[tuple[int, memoryview]]:
+    """(offset, bytes) of consecutive blocks of a file, past the page cache where asked, the file is large enough
+    and the filesystem allows. Each view is valid only until the next one is asked for (one buffer is reused)."""
     block = BLOCK
-    direct = getattr(os, "O_DIRECT", 0) if path.stat().st_size >= DIRECT_FROM else 0
+    large = path.stat().st_size >= DIRECT_FROM
+    direct = getattr(os, "O_DIRECT", 0) if past_cache and large else 0
     try:
         fd = os.open(path, os.O_RDONLY | direct)
     except OSError as exc:
@@ -54,11 +55,12 @@ def stream(path: Path) -> Iterator[tuple[int, memoryview]]:
         os.close(fd)
 
 
-def checksum(path: Path, visit: Callable[[int, memoryview], None] | None = None) -> str:
-    """xxh3-128 of a file's bytes, hex (as `atomic.file_checksum`), read once past the page cache; `visit` sees every
-    block too (offset, bytes), so one read serves the hash and a scan of the same bytes."""
+def checksum(path: Path, visit: Callable[[int, memoryview], None] | None = None, past_cache: bool = True) -> str:
+    """xxh3-128 of a file's bytes, hex (as `atomic.file_checksum`), read once past the page cache (unless another
+    reader will want its pages: `past_cache=False`); `visit` sees every block too (offset, bytes), so one read
+    serves the hash and a scan of the same bytes."""
     h = xxhash.xxh3_128()
-    for offset, block in stream(path):
+    for offset, block in stream(path, past_cache):
         h.update(block)
         if visit is not None:
             visit(offset, block)
