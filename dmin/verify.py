@@ -41,6 +41,7 @@ from dmin.store.state import State, checkpoint_name
 from dmin.store.vectors import read_blocks, vec_values
 
 FOLD_SAMPLES = 8
+CHECK_ERRORS = (DminError, OSError, ValueError, KeyError, RuntimeError, pa.ArrowException)  # a check that cannot finish
 
 
 @dataclass
@@ -145,7 +146,7 @@ class _Verifier(Findings):
         start = time.perf_counter()
         try:
             check()
-        except (DminError, OSError, ValueError, KeyError, RuntimeError, pa.ArrowException) as exc:
+        except CHECK_ERRORS as exc:
             self.defect(name, _file_of(exc), f"check could not complete: {exc}")
         self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
@@ -287,7 +288,10 @@ class _Verifier(Findings):
             for i, (ref, (found, firsts)) in enumerate(zip(refs, pool.map(one, refs), strict=True), 1):
                 self.absorb(found)
                 if keys is not None and firsts is not None:
-                    keys.add(ref, firsts)
+                    try:
+                        keys.add(ref, firsts)
+                    except CHECK_ERRORS:  # e.g. the samples unreadable: the key check's own stage reports it
+                        self.keys = keys = None
                 if self.progress:
                     self.progress(i, len(refs))
 

@@ -85,3 +85,31 @@ def test_scan_finds_a_bad_value_anywhere_even_split_between_blocks(
         assert scan is not None
         direct.checksum(path, scan)
         assert not scan.clean, (start, i)
+
+
+def test_a_read_refused_midway_goes_on_through_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Some filesystems accept O_DIRECT at open and refuse a read later (EINVAL, e.g. after a short read left the
+    offset unaligned): the rest of the file is read plainly from where it stopped, every byte once."""
+    import errno
+    import os
+
+    monkeypatch.setattr(direct, "BLOCK", 4096)
+    monkeypatch.setattr(direct, "DIRECT_FROM", 0)
+    path = tmp_path / "f.bin"
+    path.write_bytes(np.random.default_rng(1).integers(0, 256, 5 * 4096 + 7, dtype=np.uint8).tobytes())
+    calls = []
+    real = os.readv
+
+    def readv(fd: int, buffers: list) -> int:
+        calls.append(fd)
+        if len(calls) == 3:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(fd, buffers)
+
+    monkeypatch.setattr(direct.os, "readv", readv)
+    seen: list[bytes] = []
+    assert direct.checksum(path, lambda offset, b: seen.append(bytes(b))) == file_checksum(path)
+    assert b"".join(seen) == path.read_bytes() and len(calls) == 7  # 2 direct, 1 refused, 4 plain
+    monkeypatch.setattr(direct.os, "readv", lambda fd, buffers: (_ for _ in ()).throw(OSError(errno.EIO, "I/O")))
+    with pytest.raises(OSError, match="I/O"):  # any other error is the caller's to report
+        direct.checksum(path)
