@@ -113,3 +113,23 @@ def test_a_read_refused_midway_goes_on_through_the_cache(tmp_path: Path, monkeyp
     monkeypatch.setattr(direct.os, "readv", lambda fd, buffers: (_ for _ in ()).throw(OSError(errno.EIO, "I/O")))
     with pytest.raises(OSError, match="I/O"):  # any other error is the caller's to report
         direct.checksum(path)
+
+
+@pytest.mark.parametrize("damage", ["footer", "truncated", "magic", "footer length"])
+def test_a_damaged_file_gets_no_scan_and_no_exception(tmp_path: Path, damage: str) -> None:
+    """The scan's page spans are read before the checksum is known: damaged bytes must leave the file to the
+    checksum (a defect naming it), never raise out of the file pass (which would leave every other file unchecked)."""
+    path = tmp_path / "f.parquet"
+    ref = vector_file(path, np.ones((30, 24), np.float32), "float32")
+    b = path.read_bytes()
+    intact = file_checksum(path)
+    path.write_bytes(
+        {
+            "footer": b[:-12] + b"\0" * 8 + b[-4:],
+            "truncated": b[: len(b) // 2],
+            "magic": b[:-4] + b"XXXX",
+            "footer length": b[:-8] + (10**6).to_bytes(4, "little") + b[-4:],
+        }[damage]
+    )
+    assert NonfiniteScan.of(ref, path) is None
+    assert direct.checksum(path) != intact

@@ -14,6 +14,7 @@ import mmap
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 # parquet.thrift enums
@@ -135,8 +136,8 @@ def value_spans(path: Path, column: str) -> tuple[list[tuple[int, int]], np.dtyp
     are read here."""
     try:
         _, spans, dtype, dim = _spans(path, column, populate=False)
-    except (_Unsupported, IndexError, KeyError, ValueError, RecursionError):
-        return None
+    except (_Unsupported, IndexError, KeyError, ValueError, RecursionError, OSError, pa.ArrowException):
+        return None  # read before the file's checksum is known: damaged bytes are the checksum's to report
     return spans, dtype, dim
 
 
