@@ -605,7 +605,7 @@ class NonfiniteScan:
     def of(cls, ref: FileRef, path: Path) -> NonfiniteScan | None:
         """A scan for a vector file whose pages it can place; None for v=full (its rows' norms are checked too, from
         the mapped rows) and for any other file."""
-        if ref.table not in ("grads", "query_grads") or ref.v == "full" or not path.is_file():
+        if ref.table not in ("grads", "query_grads") or ref.v == "full":
             return None
         found = value_spans(path, "vec")
         if found is None:
@@ -650,22 +650,18 @@ def check_vectors(
     pages), norms and losses finite, v=full rows of unit length."""
     from dmin.kernels.dot import count_nonfinite_rows  # numba: only a deep check loads it
 
-    if scanned is not None:  # every value already judged finite
-        try:
-            table = pq.read_table(path, columns=["norm", "loss"])
-        except (OSError, pa.ArrowException) as exc:
-            found.defect("parquet", ref.path, f"unreadable Parquet: {exc}")
-            return
-        found.checked["vectors"] += scanned.rows
-        check_columns(ref, table, found)
-        return
-    fast = plain_pieces(path, "vec", populate=True)  # each row group's values in place, never joined into a copy
+    # each row group's values in place, never joined into a copy; none at all where the hash's read judged them
+    fast = plain_pieces(path, "vec", populate=True) if scanned is None else None
     if fast is not None and not fast[0]:
         fast = None
     try:
-        table = pq.read_table(path, columns=["norm", "loss"] if fast else ["vec", "norm", "loss"])
+        table = pq.read_table(path, columns=["norm", "loss"] if fast or scanned else ["vec", "norm", "loss"])
     except (OSError, pa.ArrowException) as exc:
         found.defect("parquet", ref.path, f"unreadable Parquet: {exc}")
+        return
+    if scanned is not None:  # every value already judged finite
+        found.checked["vectors"] += scanned.rows
+        check_columns(ref, table, found)
         return
     pieces, dim = fast or ([vec_values(table.column("vec"))], table.schema.field("vec").type.list_size)
     if any(piece.size % dim for piece in pieces):  # pages that split a row (v=full rows past 16 MiB): join them
